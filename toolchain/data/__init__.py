@@ -1,0 +1,1 @@
+"""Data: the training-row contract, the offline evaluation suite and its builder."""

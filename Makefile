@@ -37,3 +37,18 @@ test-slow: venv assets smollm2
 
 clean-runs:
 	rm -rf runs/$(PRESET)
+
+# ---- main job: train -> merge/export -> bench, on $(PRESET) for $(VARIANTS) -------------------
+RUNS := runs/$(PRESET)
+
+train: venv assets
+	for v in $(VARIANTS); do $(BIN)/poolattn train --preset $(PRESET) --variant $$v || exit 1; done
+
+export: venv assets
+	for v in $(VARIANTS); do \
+	  $(BIN)/poolattn merge $(RUNS)/$$v || exit 1; \
+	  $(BIN)/poolattn export $(RUNS)/$$v/merged --profile fp32 --profile int8 || exit 1; \
+	done
+
+bench: venv assets
+	$(BIN)/poolattn bench all --preset $(PRESET) --variants "$(VARIANTS)" --budget benchmarks/budgets/default.yaml

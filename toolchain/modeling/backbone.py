@@ -84,7 +84,11 @@ def load_backbone(spec: BackboneSpec, attention: str = "causal",
             path = Path(spec.path or "")
         _check_hf_dir(path)
         tokenizer = AutoTokenizer.from_pretrained(str(path))
-        model = AutoModel.from_pretrained(str(path), dtype=torch.float32, is_causal=is_causal,
+        # is_causal is not a default config attribute: set it on the config object itself
+        # (a from_pretrained kwarg would reach the model constructor instead).
+        config = AutoConfig.from_pretrained(str(path))
+        config.is_causal = is_causal
+        model = AutoModel.from_pretrained(str(path), config=config, dtype=torch.float32,
                                           attn_implementation=attn_implementation)
     model.eval()
     return model, tokenizer
@@ -92,8 +96,10 @@ def load_backbone(spec: BackboneSpec, attention: str = "causal",
 
 def _load_gguf(path: Path, is_causal: bool, attn_implementation: str):
     tokenizer = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
-    model = AutoModel.from_pretrained(str(path.parent), gguf_file=path.name, dtype=torch.float32,
-                                      is_causal=is_causal, attn_implementation=attn_implementation)
+    config = AutoConfig.from_pretrained(str(path.parent), gguf_file=path.name)
+    config.is_causal = is_causal
+    model = AutoModel.from_pretrained(str(path.parent), gguf_file=path.name, config=config,
+                                      dtype=torch.float32, attn_implementation=attn_implementation)
     return model.eval(), tokenizer
 
 

@@ -67,7 +67,7 @@ def load_preset(name_or_path: str | Path) -> Preset:
         ToolchainError: unknown preset, YAML error (with line), or a missing/mistyped field.
     """
     path = Path(name_or_path)
-    if not path.suffix:
+    if path.suffix not in (".yaml", ".yml"):  # names may contain dots (qwen2-0.5b)
         path = preset_dir() / f"{name_or_path}.yaml"
     if not path.is_file():
         raise ToolchainError(f"unknown preset {str(name_or_path)!r}; known: {', '.join(list_presets())}")

@@ -70,15 +70,18 @@ def _row_errors(obj, where: str) -> list[str]:
     return errors
 
 
-def read_training_file(path: Path | str, limit: int | None = None) -> tuple[list[TrainingRow], DataSummary]:
+def read_training_file(path: Path | str, limit: int | None = None,
+                       max_errors: int | None = 50) -> tuple[list[TrainingRow], DataSummary]:
     """Parse and validate a JSONL training file.
 
     Args:
         path: the .jsonl file.
         limit: keep only the first ``limit`` valid rows (small-subset mode).
+        max_errors: how many problems the error message lists (None: all of them).
 
     Raises:
-        ToolchainError: listing every malformed row as file:line: field: problem (first 50).
+        ToolchainError: listing every malformed row as file:line: field: problem (first
+            ``max_errors``).
     """
     path = Path(path)
     if not path.is_file():
@@ -109,8 +112,9 @@ def read_training_file(path: Path | str, limit: int | None = None) -> tuple[list
             rows.append(row)
         seen[(row.query, row.positive)] += 1
     if summary.errors:
-        shown = summary.errors[:50]
-        more = f"\n... and {len(summary.errors) - 50} more" if len(summary.errors) > 50 else ""
+        shown = summary.errors if max_errors is None else summary.errors[:max_errors]
+        hidden = len(summary.errors) - len(shown)
+        more = f"\n... and {hidden} more" if hidden else ""
         raise ToolchainError(f"{path}: {len(summary.errors)} malformed row problem(s):\n"
                              + "\n".join(shown) + more)
     if not rows:

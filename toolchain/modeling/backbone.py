@@ -7,6 +7,7 @@ always verified with a causality probe instead of assumed.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import torch
@@ -36,6 +37,21 @@ def _load_tokenizer(ref: str):
     path = Path(ref)
     directory = path if path.is_dir() else fetch_asset(ref)
     return AutoTokenizer.from_pretrained(str(directory))
+
+
+def load_saved_tokenizer(path: Path):
+    """Load a saved tokenizer with the class its tokenizer_config.json names.
+
+    AutoTokenizer lets a config.json beside it override that class (transformers 5 forces
+    Qwen2Tokenizer for model_type qwen2, which splits whitespace differently from the saved
+    tokenizer.json), so a saved model dir would tokenise unlike the model that was saved.
+    """
+    from transformers.models.auto.tokenization_auto import tokenizer_class_from_name
+
+    config = Path(path) / "tokenizer_config.json"
+    declared = json.loads(config.read_text()).get("tokenizer_class") if config.is_file() else None
+    cls = tokenizer_class_from_name(declared) if declared else None
+    return (cls or AutoTokenizer).from_pretrained(str(path))
 
 
 def _check_hf_dir(path: Path) -> None:
@@ -76,14 +92,14 @@ def load_backbone(spec: BackboneSpec, attention: str = "causal",
         if spec.source == "asset":
             path = fetch_asset(spec.asset or "")
         elif spec.source == "gguf":
-            path = Path(spec.path or "")
+            path = Path(spec.path or "").expanduser()  # presets may say ~/models/...
             if not path.is_file():
                 raise ToolchainError(f"{path}: GGUF file does not exist")
             return _load_gguf(path, is_causal, attn_implementation)
         else:
-            path = Path(spec.path or "")
+            path = Path(spec.path or "").expanduser()  # presets may say ~/models/...
         _check_hf_dir(path)
-        tokenizer = AutoTokenizer.from_pretrained(str(path))
+        tokenizer = load_saved_tokenizer(path)
         # is_causal is not a default config attribute: set it on the config object itself
         # (a from_pretrained kwarg would reach the model constructor instead).
         config = AutoConfig.from_pretrained(str(path))

@@ -1,0 +1,189 @@
+"""`poolattn plan`: the memory model, its calibration, the shipped 7B presets and the CLI."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from click.testing import CliRunner
+
+from toolchain.cli import main
+from toolchain.errors import ToolchainError
+from toolchain.modeling import build_embedding_model
+from toolchain.modeling.lora import LoraSettings, apply_lora
+from toolchain.modeling.pooling import HeadConfig
+from toolchain.plan import (ACTIVATION_ELEMENTS, PlanSettings, backbone_parameter_count,
+                            head_activation_bytes, layer_activation_elements, plan_memory,
+                            settings_for_preset, shape_of)
+from toolchain.presets import list_presets, load_preset
+
+
+def _plan(preset: str = "mistral-7b", **overrides):
+    loaded = load_preset(preset)
+    return plan_memory(settings_for_preset(loaded, **overrides), shape_of(loaded),
+                       with_deepspeed=False)
+
+
+def _rows(plan, prefix: str, key: str = "gpu_no_ckpt") -> int:
+    return sum(r[key] for r in plan.rows if r["component"].startswith(prefix))
+
+
+@pytest.mark.parametrize("preset", list_presets())
+def test_plan_runs_on_every_shipped_preset(preset):
+    plan = _plan(preset, gpus=1)
+    assert plan.total(False) > plan.counts["base"] * 2  # at least the bf16 weights
+    assert set(plan.verdicts()) == {"no_checkpointing", "checkpointing"}
+
+
+def test_more_gpus_less_memory_per_gpu_under_zero3():
+    totals = [_plan(gpus=n, zero_stage=3).total(True) for n in (1, 2, 4, 8)]
+    assert totals == sorted(totals, reverse=True) and len(set(totals)) == 4
+
+
+def test_checkpointing_saves_activation_bytes():
+    plan = _plan(chunk_size=8)
+    assert _rows(plan, "acts: decoder", "gpu_ckpt") < _rows(plan, "acts: decoder") / 5
+    assert plan.total(True) < plan.total(False)
+
+
+def test_paper_head_costs_more_than_compact():
+    paper, compact = _plan(head_size="paper"), _plan(head_size="compact")
+    assert paper.counts["head"] > 1.2e9 > 2e8 > compact.counts["head"]  # 1.28 B vs 0.12 B
+    assert _rows(paper, "acts: head") > _rows(compact, "acts: head")
+    assert paper.total(True) > compact.total(True)
+
+
+def test_offload_moves_optimizer_state_to_cpu():
+    on_gpu, offloaded = _plan(zero_stage=3, offload=False), _plan(zero_stage=3, offload=True)
+    assert _rows(offloaded, "optimizer") == 0 < _rows(on_gpu, "optimizer")
+    cpu = sum(r["cpu"] for r in offloaded.rows)
+    assert cpu == _rows(on_gpu, "optimizer") + _rows(on_gpu, "grads: fp32")
+    assert offloaded.total(True) == on_gpu.total(True) - cpu
+
+
+def test_offload_needs_zero3():
+    with pytest.raises(ToolchainError, match="ZeRO-3"):
+        _plan(zero_stage=2, offload=True)
+
+
+@pytest.mark.parametrize("preset,variant", [("tiny-mistral", "m5"), ("tiny-llama", "m2"),
+                                            ("tiny-qwen2", "m3")])
+def test_trainable_count_equals_peft(preset, variant):
+    model = apply_lora(build_embedding_model(preset, variant, verify=False), LoraSettings())
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    plan = _plan(preset, gpus=1, variant=variant, head_size="compact")
+    assert plan.counts["trainable"] == trainable
+    if preset != "tiny-qwen2":  # Qwen2's q/k/v biases are not in the bias-free base count
+        frozen = sum(p.numel() for p in model.parameters() if not p.requires_grad)
+        assert backbone_parameter_count(shape_of(load_preset(preset))) == frozen
+
+
+def _saved_elements_per_token(layers: int, dtype: torch.dtype, dropout: float) -> float:
+    """Re-measure what ACTIVATION_ELEMENTS claims: saved tensors of a LoRA Mistral forward."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import MistralConfig, MistralModel
+
+    torch.manual_seed(0)
+    config = MistralConfig(hidden_size=80, intermediate_size=272, num_hidden_layers=layers,
+                           num_attention_heads=5, num_key_value_heads=1, vocab_size=300)
+    config.is_causal, config._attn_implementation = False, "sdpa"
+    model = get_peft_model(MistralModel(config).to(dtype),
+                           LoraConfig(r=8, lora_dropout=dropout, target_modules=list(
+                               LoraSettings().target_modules))).train()
+    params = {p.untyped_storage().data_ptr() for p in model.parameters()}
+    saved: dict[int, int] = {}
+
+    def pack(t):
+        storage = t.untyped_storage()
+        if storage.data_ptr() not in params:
+            saved[storage.data_ptr()] = storage.nbytes()
+        return t
+
+    ids = torch.randint(0, 300, (2, 20))
+    mask = torch.ones_like(ids)
+    mask[0, :4] = 0
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        model(input_ids=ids, attention_mask=mask)
+    return sum(saved.values()) / ids.numel() / dtype.itemsize
+
+
+@pytest.mark.parametrize("precision,dropout", [("fp32", 0.1), ("bf16", 0.1), ("fp32", 0.0)])
+def test_activation_coefficients_match_a_fresh_measurement(precision, dropout):
+    from toolchain.modeling.shapes import ModelShape
+
+    dtype = torch.float32 if precision == "fp32" else torch.bfloat16
+    per_layer = (_saved_elements_per_token(2, dtype, dropout)
+                 - _saved_elements_per_token(1, dtype, dropout))
+    shape = ModelShape(80, 2, 272, 5, 1, 300)  # not one of the fitted shapes
+    assert (precision, dropout > 0) in ACTIVATION_ELEMENTS
+    assert per_layer == layer_activation_elements(shape, precision, 8, dropout, seq_len=20)
+
+
+def test_head_activation_count_on_meta_equals_real_tensors():
+    from torch.multiprocessing.reductions import StorageWeakRef
+
+    from toolchain.modeling.pooling import build_pooler
+
+    config = HeadConfig.from_size("compact", pooling="multi_layer_trainable",
+                                  attention="bidirectional", hidden_size=32, num_layers=3)
+    torch.manual_seed(0)
+    head = build_pooler(config)
+    layers = tuple(torch.randn(4, 10, 32, requires_grad=True) for _ in range(4))
+    skip = {StorageWeakRef(t.untyped_storage()).cdata for t in (*head.parameters(), *layers)}
+    saved: dict[int, int] = {}
+
+    def pack(t):
+        key = StorageWeakRef(t.untyped_storage()).cdata
+        if key not in skip:
+            saved[key] = t.untyped_storage().nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        head({"token_embeddings": layers[-1], "attention_mask": torch.ones(4, 10, dtype=torch.long),
+              "all_layer_embeddings": layers})
+    assert head_activation_bytes(config, 4, 10, torch.float32) == sum(saved.values()) > 0
+
+
+def test_mistral_7b_preset_is_the_paper_recipe():
+    from toolchain.train.config import config_for_preset
+
+    preset = load_preset("mistral-7b")
+    cfg = config_for_preset(preset)
+    assert (cfg.lr, cfg.warmup_steps, cfg.steps, cfg.batch_size, cfg.max_length) == (
+        1e-5, 100, 1000, 2048, 512)
+    assert (cfg.precision, cfg.zero_stage, cfg.temperature) == ("bf16", 3, 0.05)
+    assert (cfg.lora.r, cfg.lora.alpha, cfg.lora.dropout) == (16, 32, 0.1)
+    assert cfg.chunk_size and cfg.grad_accum == 1  # GradCache: negatives span the whole step
+    assert preset.backbone.source == "hf_dir" and preset.head_size == "paper"
+    plan = plan_memory(settings_for_preset(preset), shape_of(preset), with_deepspeed=False)
+    ckpt = "checkpointing" if cfg.gradient_checkpointing else "no_checkpointing"
+    assert plan.verdicts()[ckpt][80]  # the shipped chunk size fits 8 x 80 GB
+
+
+def test_cli_plan_json_and_deepspeed_estimate():
+    result = CliRunner().invoke(main, ["plan", "--preset", "mistral-7b", "--gpus", "8",
+                                       "--zero", "3", "--head", "compact", "--json"])
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.output)  # nothing but JSON on stdout
+    ds = data["deepspeed_estimators"]
+    assert "estimate_zero3_model_states_mem_needs" in ds["function"]
+    # DeepSpeed counts all ~7.2 B parameters as trainable; LoRA-aware states are far smaller.
+    assert ds["lora_aware_model_states_bytes"] < ds["gpu_bytes"] / 2
+    assert data["settings"]["head_size"] == "compact"
+
+
+def test_cli_plan_table_and_errors():
+    runner = CliRunner()
+    table = runner.invoke(main, ["plan", "--preset", "qwen2-0.5b", "--gpus", "1", "--zero", "2"])
+    assert table.exit_code == 0, table.output
+    assert "verdict checkpointing" in table.output and "DeepSpeed" in table.output
+    bad = runner.invoke(main, ["plan", "--preset", "mistral-7b", "--zero", "2", "--offload"])
+    assert bad.exit_code == 2 and "ZeRO-3" in bad.output
+    assert "poolattn plan --preset mistral-7b --gpus 8" in runner.invoke(
+        main, ["plan", "--help"]).output
+
+
+def test_settings_reject_indivisible_batch():
+    with pytest.raises(ToolchainError, match="divisible"):
+        PlanSettings(preset="x", gpus=3, batch_size=2048)

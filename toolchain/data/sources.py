@@ -116,6 +116,11 @@ def fetch_source(name: str) -> Path:
         with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
             proc = subprocess.run(_client_command(source, Path(tmp)), cwd=tmp,
                                   capture_output=True, text=True)
+            if proc.returncode != 0 and source.kind == "apt":
+                # A fresh machine has no package lists yet: update once, then retry.
+                subprocess.run(["apt-get", "update", "-qq"], capture_output=True)
+                proc = subprocess.run(_client_command(source, Path(tmp)), cwd=tmp,
+                                      capture_output=True, text=True)
             fetched = Path(tmp) / source.filename
             if proc.returncode != 0 or not fetched.is_file():
                 raise ToolchainError(f"data source {name}: `{' '.join(cmd[:3])} {source.spec}` "

@@ -95,7 +95,9 @@ def load_trained(checkpoint: Path, attn_implementation: str = "sdpa",
     weights = checkpoint / "pooling/model.safetensors"
     if weights.is_file():
         state = load_file(str(weights))
-        check_nonempty(state, str(weights))
+        # Biases may legitimately stay zero (m2's latent-query path gets no gradient); an empty
+        # bias fails load_state_dict's shape check below.
+        check_nonempty({k: v for k, v in state.items() if not k.endswith(".bias")}, str(weights))
         model.head.load_state_dict(state)
     model.eval()
     return model, preset, info

@@ -1,0 +1,144 @@
+"""`poolattn export`: merged model dir -> one verified artifact directory per profile.
+
+Artifact layout (written atomically: temp dir, verify, then rename):
+    model.onnx (+ model.onnx.data over 2 GiB)   inputs input_ids/attention_mask, output
+                                                sentence_embedding
+    tokenizer/                                  HF tokenizer files (self-contained artifact)
+    manifest.json                               contract, profile, parity figures, versions,
+                                                source, sha256 of every file
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Sequence
+
+from toolchain.atomic import MANIFEST, atomic_dir, read_manifest, sha256_file, write_manifest
+from toolchain.errors import ToolchainError
+from toolchain.export.onnx_export import (DATA_FILE, INPUT_NAMES, MODEL_FILE, OPSET, OUTPUT_NAME,
+                                          export_onnx)
+from toolchain.export.optimize import apply_profile
+from toolchain.export.profiles import Profile, load_profile
+
+FORMAT_VERSION = 1
+# Queries get an instruction, documents do not (toolchain.data.training.format_query).
+INSTRUCTION_TEMPLATES = {"query": "Instruct: {instruction}\nQuery: {query}", "document": "{text}"}
+
+
+def library_versions() -> dict:
+    import onnx
+    import onnxruntime
+    import onnxscript
+    import torch
+    import transformers
+
+    return {"torch": torch.__version__, "transformers": transformers.__version__,
+            "onnx": onnx.__version__, "onnxruntime": onnxruntime.__version__,
+            "onnxscript": onnxscript.__version__}
+
+
+def default_targets(model_dir: Path, profiles: Sequence[Profile], out: Path | None) -> list[Path]:
+    """<run>/onnx-<profile> beside the model dir; --out is the artifact itself for one profile
+    and the parent of onnx-<profile> dirs for several."""
+    if out is None:
+        return [model_dir.parent / f"onnx-{p.name}" for p in profiles]
+    if len(profiles) == 1:
+        return [out]
+    return [out / f"onnx-{p.name}" for p in profiles]
+
+
+def artifact_fields(model, model_dir: Path, target: Path, profile: Profile, export_info: dict,
+                    transform: dict) -> dict:
+    """Every manifest field except ``files`` and ``verify``."""
+    from toolchain.modeling.model import contract_fields
+
+    source_manifest = read_manifest(model_dir, verify=False)
+    return {
+        "format_version": FORMAT_VERSION, "kind": "onnx_artifact",
+        "variant": model.variant.name, "pooling": model.variant.pooling,
+        "attention": model.variant.attention, **contract_fields(model),
+        "vocab_size": int(model.backbone.config.vocab_size),
+        "instruction_templates": INSTRUCTION_TEMPLATES,
+        "model_file": MODEL_FILE, "external_data": export_info["external_data"],
+        "data_file": DATA_FILE if export_info["external_data"] else None,
+        "input_names": INPUT_NAMES, "input_dtype": "int64", "output_names": [OUTPUT_NAME],
+        "dynamic_axes": {name: {"0": "batch", "1": "sequence"} for name in INPUT_NAMES},
+        "opset": OPSET, "profile": profile.to_dict(), "session": profile.session,
+        "precomputed": export_info["precomputed"],
+        "graph_weight_bytes": export_info["graph_weight_bytes"],
+        "timings_s": {"export": export_info["export_seconds"], "save": export_info["save_seconds"],
+                      "transform": transform["seconds"]},
+        "versions": library_versions(),
+        "model_dir": str(model_dir.resolve()),
+        "source": {"model_dir_relative": os.path.relpath(model_dir.resolve(), target.resolve()),
+                   "model_manifest_sha256": sha256_file(model_dir / MANIFEST),
+                   "run": source_manifest.get("merge", {}).get("source_run"),
+                   "merge_gate": source_manifest.get("merge", {}).get("gate")},
+    }
+
+
+def export_model_dir(model_dir: str | Path, profiles: Sequence[str] = ("fp32",),
+                     out: str | Path | None = None, threads: int | None = None,
+                     log=print) -> list[tuple[Path, dict]]:
+    """Export, transform, verify and atomically write one artifact per profile.
+
+    Args:
+        model_dir: a merged model directory (`poolattn merge` output).
+        profiles: profile names or YAML paths (export/<name>.yaml).
+        out: see :func:`default_targets`.
+        threads: ORT threads for verification.
+        log: progress printer.
+
+    Returns:
+        [(artifact path, verify report)] in profile order.
+
+    Raises:
+        ToolchainError: bad input, exporter failure, or a failed verification (nothing written
+        for that profile).
+    """
+    from toolchain.export.verify import verify_artifact
+    from toolchain.modeling.model import load_embedding_model
+
+    model_dir = Path(model_dir)
+    loaded = [load_profile(p) for p in profiles] or [load_profile("fp32")]
+    targets = default_targets(model_dir, loaded, Path(out) if out else None)
+    if len(set(targets)) != len(targets):
+        raise ToolchainError(f"profiles {[p.name for p in loaded]}: two write the same artifact "
+                             f"directory; give each profile a distinct name")
+    model = load_embedding_model(model_dir)
+    results = []
+    scratch_parent = targets[0].parent
+    scratch_parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=".export-", dir=scratch_parent) as scratch:
+        info = export_onnx(model, Path(scratch))
+        log(f"exported {model.variant.name} in {info['export_seconds']} s "
+            f"({info['graph_weight_bytes'] / 2**20:.1f} MiB of weights, external data "
+            f"{info['external_data']}); "
+            f"precomputed constant saves {info['precomputed']['flops_per_text']:,} FLOPs per text")
+        for profile, target in zip(loaded, targets):
+            with atomic_dir(target) as tmp:
+                transform = apply_profile(Path(scratch), tmp, profile, info["external_data"])
+                model.tokenizer.tokenizer.save_pretrained(tmp / "tokenizer")
+                fields = artifact_fields(model, model_dir, target, profile, info, transform)
+                write_manifest(tmp, fields)
+                report = verify_artifact(tmp, reference=model, threads=threads)
+                log(summary_line(target, report))
+                if not report["passed"]:
+                    raise ToolchainError(f"{target}: verification failed (nothing written): "
+                                         + "; ".join(report["failures"]))
+                write_manifest(tmp, {**fields, "verify": report})
+            results.append((target, report))
+    return results
+
+
+def summary_line(target: Path, report: dict) -> str:
+    """One line of parity figures for the CLI."""
+    texts, rand = report["parity_texts"], report["parity_random_shapes"]
+    probe = report["attention_probe"]
+    return (f"{target}: {'PASS' if report['passed'] else 'FAIL'} [{report['profile']}] "
+            f"texts max|d| {texts['max_abs']:.2e} cos {texts['min_cosine']:.6f}; "
+            f"random max|d| {rand['max_abs']:.2e} cos {rand['min_cosine']:.6f}; "
+            f"batch-inv cos {report['batch_invariance']['min_cosine']:.6f}; "
+            f"attention {probe['observed']} (shift {max(probe['first_token_shift']):.3g})")

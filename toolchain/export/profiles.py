@@ -1,0 +1,105 @@
+"""Export profiles: data files export/<name>.yaml (fp32, int8, fp16), read and validated here.
+
+A profile names a precision (fp32 | fp16), a quantization (none | dynamic_int8), the ORT session
+settings used to run it, and the gates `verify` applies. The YAML files carry the documentation
+of each profile in their header comments.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+
+import yaml
+
+from toolchain.errors import ToolchainError
+from toolchain.paths import project_root
+
+PRECISIONS = ("fp32", "fp16")
+QUANTIZATIONS = ("none", "dynamic_int8")
+OPT_LEVELS = ("disable", "basic", "extended", "all")
+
+
+@dataclass
+class Gates:
+    """Bounds `verify` enforces. A ``None`` bound is measured and reported, not gated."""
+
+    parity_max_abs: float | None = field(default=1e-4, metadata={"help": "ORT vs torch"})
+    parity_min_cosine: float = field(default=0.9999, metadata={"help": "ORT vs torch, per text"})
+    invariance_max_abs: float | None = field(default=1e-4, metadata={"help": "batch/padding"})
+    invariance_min_cosine: float = field(default=0.9999, metadata={"help": "batch/padding"})
+    unit_norm_tol: float = field(default=1e-4, metadata={"help": "| ||e|| - 1 |"})
+    probe_tol: float = field(default=1e-5, metadata={"help": "causal if token 0 moves less"})
+
+
+@dataclass
+class Profile:
+    """One export profile (see export/*.yaml)."""
+
+    name: str
+    description: str = ""
+    precision: str = "fp32"
+    quantization: str = "none"
+    quantize: dict = field(default_factory=dict)
+    fp16: dict = field(default_factory=dict)
+    session: dict = field(default_factory=lambda: {"graph_optimization_level": "all"})
+    gates: Gates = field(default_factory=Gates)
+    path: Path | None = None
+
+    def to_dict(self) -> dict:
+        skip = ("path", "gates")
+        out = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in skip}
+        out["gates"] = {f.name: getattr(self.gates, f.name) for f in fields(Gates)}
+        return out
+
+
+def profile_dir() -> Path:
+    return project_root() / "export"
+
+
+def list_profiles() -> list[str]:
+    return sorted(p.stem for p in profile_dir().glob("*.yaml"))
+
+
+def _check_choice(value, choices: tuple, where: str) -> None:
+    if value not in choices:
+        raise ToolchainError(f"{where}: {value!r} not one of {', '.join(choices)}")
+
+
+def load_profile(name_or_path: str | Path) -> Profile:
+    """Load export/<name>.yaml (or a path) into a validated Profile.
+
+    Raises:
+        ToolchainError: unknown profile, invalid YAML (with line), unknown or bad fields.
+    """
+    path = Path(name_or_path)
+    if not path.suffix:
+        path = profile_dir() / f"{name_or_path}.yaml"
+    if not path.is_file():
+        raise ToolchainError(f"unknown export profile {str(name_or_path)!r}; "
+                             f"known: {', '.join(list_profiles())}")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        line = f":{mark.line + 1}" if mark else ""
+        problem = getattr(err, "problem", err)
+        raise ToolchainError(f"{path}{line}: invalid YAML: {problem}") from None
+    if not isinstance(data, dict):
+        raise ToolchainError(f"{path}: expected a mapping at top level")
+    known = {f.name for f in fields(Profile)} - {"path"}
+    unknown = set(data) - known
+    if unknown:
+        raise ToolchainError(f"{path}: unknown field(s) {sorted(unknown)}")
+    gates = data.pop("gates", {}) or {}
+    gate_names = {f.name for f in fields(Gates)}
+    if set(gates) - gate_names:
+        raise ToolchainError(f"{path}: gates: unknown field(s) {sorted(set(gates) - gate_names)}")
+    profile = Profile(**{"name": path.stem, **data}, gates=Gates(**gates), path=path)
+    _check_choice(profile.precision, PRECISIONS, f"{path}: precision")
+    _check_choice(profile.quantization, QUANTIZATIONS, f"{path}: quantization")
+    level = (profile.session or {}).get("graph_optimization_level", "all")
+    _check_choice(level, OPT_LEVELS, f"{path}: session.graph_optimization_level")
+    if profile.precision == "fp16" and profile.quantization != "none":
+        raise ToolchainError(f"{path}: fp16 and int8 quantization do not combine")
+    return profile

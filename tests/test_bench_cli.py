@@ -1,0 +1,137 @@
+"""Benchmark stage through the real CLI on real artifacts: a tiny merged model and its ONNX
+export (toolchain.export), opened by toolchain.embedder.Embedder."""
+
+import json
+
+import pytest
+import torch
+from click.testing import CliRunner
+
+from toolchain.cli import main
+from toolchain.export.pipeline import export_model_dir
+from toolchain.modeling import build_embedding_model, save_embedding_model
+
+FAST = ["--grid", "1x8,2x16", "--warmup", "1", "--repeats", "3", "--threads", "1"]
+TIGHT = ("latency:\n  runtime: onnx\n  max_p95_ms: {2x16: 0.0001}\n"
+         "head:\n  max_added_ms: {2x16: 0}\n")
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    """runs/tiny-mistral/{m1: merged, m4: merged + onnx-fp32} (one export keeps this fast)."""
+    torch.set_num_threads(1)
+    root = tmp_path_factory.mktemp("runs")
+    for variant in ("m1", "m4"):
+        merged = root / "tiny-mistral" / variant / "merged"
+        save_embedding_model(build_embedding_model("tiny-mistral", variant), merged)
+    export_model_dir(merged, ["fp32"], threads=1, log=lambda *_: None)
+    return root
+
+
+def invoke(args, monkeypatch, runs):
+    monkeypatch.setenv("POOLATTN_RUNS", str(runs))
+    return CliRunner().invoke(main, args, catch_exceptions=False)
+
+
+def test_latency_on_ort_and_torch_with_split(runs, monkeypatch, tmp_path):
+    out = tmp_path / "lat.json"
+    art = runs / "tiny-mistral" / "m4" / "onnx-fp32"
+    result = invoke(["bench", "latency", str(art), *FAST, "--out", str(out)], monkeypatch, runs)
+    assert result.exit_code == 0, result.output
+    data = json.loads(out.read_text())
+    runtimes = {(r["runtime"], r["shape"]) for r in data["latency"]}
+    assert runtimes == {(rt, s) for rt in ("onnx", "torch") for s in ("1x8", "2x16")}
+    for row in data["latency"]:
+        assert 0 < row["p50_ms"] <= row["p95_ms"] <= row["p99_ms"]
+        assert row["threads"] == 1 and row["provider"] == "cpu" and row["variant"] == "m4"
+        assert row["achieved_gflops"] > 0
+    assert [r["variant"] for r in data["split"]] == ["m4", "m4"]
+    assert all(r["head_p50_ms"] > 0 for r in data["split"])
+    assert {r["shape"] for r in data["analytic"]} == {"mistral-7b", "qwen2-0.5b"}
+    assert "| m4/onnx-fp32 | onnx | cpu | 1 | 2x16 |" in result.output
+
+
+def test_violated_budget_fails_with_table(runs, monkeypatch, tmp_path):
+    budget = tmp_path / "tight.yaml"
+    budget.write_text(TIGHT)
+    art = runs / "tiny-mistral" / "m4" / "onnx-fp32"
+    result = invoke(["bench", "latency", str(art), *FAST, "--no-torch", "--budget", str(budget)],
+                    monkeypatch, runs)
+    assert result.exit_code == 1, result.output
+    assert "violation(s)" in result.output
+    assert "| latency.max_p95_ms | m4/onnx-fp32 @ 2x16 |" in result.output
+    assert "| head.max_added_ms | m4 @ 2x16 |" in result.output
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("latency:\n  max_p95: {2x16: 1}\n")
+    result = invoke(["bench", "latency", str(art), "--budget", str(bad)], monkeypatch, runs)
+    assert result.exit_code == 2 and "bad.yaml:2:latency.max_p95: unknown field" in result.output
+
+
+def test_bench_all_writes_report_and_gates(runs, monkeypatch, tmp_path):
+    budget = tmp_path / "tight.yaml"
+    budget.write_text(TIGHT)
+    args = ["bench", "all", "--preset", "tiny-mistral", "--variants", "m1 m4", *FAST,
+            "--no-quality", "--budget", str(budget)]
+    result = invoke(args, monkeypatch, runs)
+    assert result.exit_code == 1, result.output
+    bench = runs / "tiny-mistral" / "bench"
+    report = json.loads((bench / "report.json").read_text())
+    assert report["budget"]["passed"] is False
+    assert {r["model"] for r in report["latency"]} == {"m1/merged", "m4/onnx-fp32", "m4/merged"}
+    assert {r["variant"] for r in report["split"]} == {"m1", "m4"}
+    assert (bench / "latency_vs_length.png").read_bytes()[:4] == b"\x89PNG"
+    assert "## Budget" in (bench / "report.md").read_text()
+    missing = invoke(["bench", "all", "--preset", "nothing-here"], monkeypatch, runs)
+    assert missing.exit_code == 2 and "no artifacts under" in missing.output
+
+
+def test_compare_command(runs, monkeypatch, tmp_path):
+    def entry(variant, scores):
+        return {"variant": variant, "profile": "onnx-fp32",
+                "rows": [{"task": f"t{i}", "category": "sts", "score": s, "main_score": "x",
+                          "n": 5} for i, s in enumerate(scores)]}
+
+    summary = {"models": {"m1/onnx-fp32": entry("m1", [0.5, 0.6, 0.7]),
+                          "m5/onnx-fp32": entry("m5", [0.55, 0.6, 0.8])}}
+    path = tmp_path / "quality.json"
+    path.write_text(json.dumps(summary))
+    result = invoke(["compare", str(path), "--json", str(tmp_path / "c.json")], monkeypatch, runs)
+    assert result.exit_code == 0, result.output
+    assert "cannot reach p<0.05" in result.output
+    rows = json.loads((tmp_path / "c.json").read_text())
+    assert [(r["category"], r["n"], r["n_nonzero"]) for r in rows] == [("sts", 3, 2),
+                                                                       ("overall", 3, 2)]
+    both = invoke(["compare", str(path), "--preset", "x"], monkeypatch, runs)
+    assert both.exit_code == 2 and "not both" in both.output
+
+
+def test_quality_writes_mteb_results_summary_and_gates(runs, monkeypatch, tmp_path):
+    art = runs / "tiny-mistral" / "m4" / "onnx-fp32"
+    floor = tmp_path / "floor.yaml"
+    floor.write_text("quality:\n  min_score: {sts: 1.5}\n")  # Spearman cannot exceed 1
+    args = ["bench", "quality", str(art), "--tasks", "LeeDocumentSTS,BBCNewsClustering",
+            "--limit", "20", "--threads", "1", "--out", str(tmp_path / "q"), "--budget",
+            str(floor)]
+    result = invoke(args, monkeypatch, runs)
+    assert result.exit_code == 1, result.output
+    assert "| quality.min_score | m4/onnx-fp32 sts |" in result.output
+    summary = json.loads((tmp_path / "q" / "quality.json").read_text())
+    rows = summary["models"]["m4/onnx-fp32"]["rows"]
+    assert [(r["task"], r["category"]) for r in rows] == [("LeeDocumentSTS", "sts"),
+                                                          ("BBCNewsClustering", "clustering")]
+    assert all(-1 <= r["score"] <= 1 for r in rows)
+    mteb_dir = tmp_path / "q" / "quality" / "m4" / "onnx-fp32"
+    mteb_files = list(mteb_dir.rglob("LeeDocumentSTS.json"))
+    assert len(mteb_files) == 1 and "scores" in json.loads(mteb_files[0].read_text())
+
+
+@pytest.mark.parametrize("args,expected", [
+    (["bench", "latency", "--help"], ["--grid", "--torch / --no-torch", "--budget", "Examples"]),
+    (["bench", "all", "--help"], ["--preset", "--limit", "make bench"]),
+    (["compare", "--help"], ["Wilcoxon", "--preset", "--baseline"]),
+])
+def test_help_texts(args, expected):
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 0
+    for text in expected:
+        assert text in result.output

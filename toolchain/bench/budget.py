@@ -1,0 +1,180 @@
+"""Latency/quality budgets as data: a YAML file checked against a benchmark's results.
+
+Sections (all optional)::
+
+    latency:   {runtime: onnx|torch|any, profile: NAME|any, max_p95_ms: {BxT: ms}}
+    head:      {max_added_ms: {BxT: ms}, max_added_pct: {BxT: percent}}   # over eos_last
+    analytic:  {size: compact|paper, seq_len: N, max_head_pct: {shape-name: percent}}
+    quality:   {min_score: {category: score}}    # mean main score per category, every model
+
+``check_budget`` returns violation rows; the CLI prints them as a table and exits 1.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from toolchain.errors import ToolchainError
+
+SCHEMA: dict[str, dict[str, type]] = {
+    "latency": {"runtime": str, "profile": str, "max_p95_ms": dict},
+    "head": {"max_added_ms": dict, "max_added_pct": dict},
+    "analytic": {"size": str, "seq_len": int, "max_head_pct": dict},
+    "quality": {"min_score": dict},
+}
+
+
+@dataclass
+class Budget:
+    """A parsed budget file. ``lines`` maps a dotted field path to its line in the file."""
+
+    path: Path
+    data: dict
+    lines: dict[str, int] = field(default_factory=dict)
+
+    def where(self, dotted: str) -> str:
+        line = self.lines.get(dotted)
+        return f"{self.path}:{line}:{dotted}" if line else f"{self.path}:{dotted}"
+
+
+def _node_lines(node, prefix: str, out: dict[str, int]) -> None:
+    if isinstance(node, yaml.MappingNode):
+        for key, value in node.value:
+            dotted = f"{prefix}.{key.value}" if prefix else str(key.value)
+            out[dotted] = key.start_mark.line + 1
+            _node_lines(value, dotted, out)
+
+
+def load_budget(path: str | Path) -> Budget:
+    """Read and validate a budget file.
+
+    Raises:
+        ToolchainError: missing file, invalid YAML, unknown section/field, or a non-numeric
+            limit; the message names ``file:line:field``.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ToolchainError(f"{path}: budget file does not exist")
+    text = path.read_text()
+    try:
+        data = yaml.safe_load(text) or {}
+        node = yaml.compose(text)
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        line = f":{mark.line + 1}" if mark else ""
+        problem = getattr(err, "problem", err)
+        raise ToolchainError(f"{path}{line}: invalid YAML: {problem}") from None
+    if not isinstance(data, dict):
+        raise ToolchainError(f"{path}: expected a mapping of sections at top level")
+    budget = Budget(path, data)
+    _node_lines(node, "", budget.lines)
+    for section, body in data.items():
+        if section not in SCHEMA:
+            raise ToolchainError(f"{budget.where(section)}: unknown section; known: "
+                                 f"{', '.join(SCHEMA)}")
+        if not isinstance(body, dict):
+            raise ToolchainError(f"{budget.where(section)}: expected a mapping")
+        for name, value in body.items():
+            dotted = f"{section}.{name}"
+            kind = SCHEMA[section].get(name)
+            if kind is None:
+                raise ToolchainError(f"{budget.where(dotted)}: unknown field; known: "
+                                     f"{', '.join(SCHEMA[section])}")
+            if not isinstance(value, kind):
+                raise ToolchainError(f"{budget.where(dotted)}: expected {kind.__name__}")
+            if kind is dict:
+                for key, limit in value.items():
+                    if isinstance(limit, bool) or not isinstance(limit, (int, float)):
+                        raise ToolchainError(f"{budget.where(f'{dotted}.{key}')}: limit must be "
+                                             f"a number, got {limit!r}")
+    return budget
+
+
+def _violation(check: str, subject: str, value: float, limit: float, unit: str) -> dict:
+    return {"check": check, "subject": subject, "value": value, "limit": limit, "unit": unit}
+
+
+def _check_latency(spec: dict, rows: list[dict]) -> list[dict]:
+    runtime, profile = spec.get("runtime", "any"), spec.get("profile", "any")
+    out = []
+    for row in rows:
+        limit = spec.get("max_p95_ms", {}).get(row["shape"])
+        if limit is None or runtime not in ("any", row["runtime"]):
+            continue
+        if profile not in ("any", row.get("profile")):
+            continue
+        if row["p95_ms"] > limit:
+            out.append(_violation("latency.max_p95_ms", f"{row['model']} @ {row['shape']}",
+                                  row["p95_ms"], limit, "ms"))
+    return out
+
+
+def _check_head(spec: dict, rows: list[dict]) -> list[dict]:
+    out = []
+    for key, unit in (("added_ms", "ms"), ("added_pct", "%")):
+        for row in rows:
+            limit = spec.get(f"max_{key}", {}).get(row["shape"])
+            if limit is not None and row[key] > limit:
+                out.append(_violation(f"head.max_{key}", f"{row['variant']} @ {row['shape']}",
+                                      row[key], limit, unit))
+    return out
+
+
+def _check_analytic(spec: dict, variants: list) -> list[dict]:
+    from toolchain.bench.split import analytic_table
+
+    limits = spec.get("max_head_pct", {})
+    if not limits or not variants:
+        return []
+    rows = analytic_table(variants, shapes=list(limits), seq_lens=[spec.get("seq_len", 128)],
+                          sizes=[spec.get("size", "compact")])
+    return [_violation("analytic.max_head_pct",
+                       f"{r['variant']} {r['size']} head @ {r['shape']} T={r['seq_len']}",
+                       r["head_pct"], limits[r["shape"]], "% of backbone")
+            for r in rows if r["head_pct"] > limits[r["shape"]]]
+
+
+def _check_quality(spec: dict, quality: dict) -> list[dict]:
+    out = []
+    for model, entry in quality.items():
+        by_category: dict[str, list[float]] = {}
+        for row in entry["rows"]:
+            by_category.setdefault(row["category"], []).append(float(row["score"]))
+        for category, limit in spec.get("min_score", {}).items():
+            scores = by_category.get(category)
+            if not scores:
+                continue
+            mean = sum(scores) / len(scores)
+            if not math.isfinite(mean) or mean < limit:  # NaN: a broken model, never a pass
+                out.append(_violation("quality.min_score", f"{model} {category}", mean, limit,
+                                      "score"))
+    return out
+
+
+def check_budget(budget: Budget, latency: list[dict] | None = None,
+                 split: list[dict] | None = None, quality: dict | None = None,
+                 variants: list | None = None) -> list[dict]:
+    """Every violated limit as a row {check, subject, value, limit, unit}; [] when within budget.
+
+    Args:
+        latency: rows from ``time_runner``; split: rows from ``cost_split``;
+        quality: ``{model: {"rows": [...]}}`` from ``bench quality``;
+        variants: Variant objects for the analytic check.
+    """
+    data = budget.data
+    return (_check_latency(data.get("latency", {}), latency or [])
+            + _check_head(data.get("head", {}), split or [])
+            + _check_analytic(data.get("analytic", {}), variants or [])
+            + _check_quality(data.get("quality", {}), quality or {}))
+
+
+def format_violations(violations: list[dict]) -> str:
+    """A plain-text table (also valid Markdown) of violations."""
+    lines = ["| check | subject | value | limit | unit |", "|---|---|---|---|---|"]
+    lines += [f"| {v['check']} | {v['subject']} | {v['value']:.4g} | {v['limit']:.4g} | "
+              f"{v['unit']} |" for v in violations]
+    return "\n".join(lines)

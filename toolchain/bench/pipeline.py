@@ -1,0 +1,174 @@
+"""The stage's library entry points: latency over artifacts, and `bench all` (latency + cost
+split + quality + compare + budget + report) over a preset's runs.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Sequence
+
+from toolchain.bench.artifacts import Artifact, open_artifact, preset_artifacts, torch_source
+from toolchain.bench.budget import Budget, check_budget
+from toolchain.bench.latency import (ALL_GRID, machine_info, matmul_peak_gflops, parse_grid,
+                                     time_runner)
+from toolchain.bench.split import analytic_table, cost_split
+from toolchain.errors import ToolchainError
+from toolchain.modeling.pooling import HeadConfig, head_macs
+from toolchain.modeling.shapes import ModelShape, backbone_macs
+from toolchain.modeling.variants import VARIANTS
+from toolchain.paths import runs_dir
+
+SPLIT_METHOD = ("Measured in PyTorch eager on the merged model (threads in each row): the "
+                "backbone forward is timed "
+                "alone; its features are cached and the head (+ L2 normalise) is timed alone on "
+                "them, next to an eos_last head on the same features. added = head - eos_last "
+                "(p50); % is of the backbone's p50.")
+
+
+@dataclass
+class LatencySettings:
+    """How `bench latency` / `bench all` time things (defaults: the `bench latency` command)."""
+
+    grid: str = "1x32,8x128,32x512"
+    warmup: int = 3
+    repeats: int = 20
+    threads: int | None = None
+    # The cost split times sub-millisecond heads in torch eager. With 2 OpenMP threads on a
+    # shared 2-core machine one descheduled thread stalls every op at the barrier (seen: a
+    # 0.5 ms head measuring 100+ ms), so the split runs single-threaded unless asked otherwise.
+    split_threads: int | None = 1
+    provider: str = "cpu"
+    with_torch: bool = True
+    split: bool = True
+    max_seconds: float | None = 20.0  # per shape and runner; keeps a slow shape from stalling CI
+    shapes: list = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.shapes = parse_grid(self.grid)
+
+
+def source_macs(source: Path, seq_len: int) -> int:
+    """Analytic MACs per text of a merged model directory (backbone + head's per-text part),
+    read from its config files without loading weights."""
+    cfg = json.loads((source / "backbone" / "config.json").read_text())
+    shape = ModelShape(cfg["hidden_size"], cfg["num_hidden_layers"], cfg["intermediate_size"],
+                       cfg["num_attention_heads"],
+                       cfg.get("num_key_value_heads") or cfg["num_attention_heads"],
+                       cfg["vocab_size"])
+    head = HeadConfig.from_dict(json.loads((source / "pooling" / "config.json").read_text()))
+    return backbone_macs(shape, seq_len) + head_macs(head, seq_len)["per_text"]
+
+
+def _with_torch_sources(artifacts: Sequence[Artifact]) -> list[Artifact]:
+    """The artifacts plus, for each ONNX one, its merged PyTorch model (once each)."""
+    seen = {a.path.resolve() for a in artifacts}
+    out = list(artifacts)
+    for artifact in artifacts:
+        source = torch_source(artifact)
+        if source is not None and source.resolve() not in seen:
+            seen.add(source.resolve())
+            out.append(Artifact(source, "torch", artifact.variant, source.name))
+    return out
+
+
+def run_latency(artifacts: Sequence[Artifact], settings: LatencySettings) -> dict:
+    """Time every artifact (and its PyTorch model with ``with_torch``) over the grid, and the
+    cost split per variant.
+
+    Returns:
+        {"latency": rows, "split": rows, "analytic": rows, "split_method": str}.
+    """
+    targets = _with_torch_sources(artifacts) if settings.with_torch else list(artifacts)
+    latency = []
+    for artifact in targets:
+        runner = open_artifact(artifact, settings.provider, settings.threads)
+        rows = time_runner(runner, settings.shapes, settings.warmup, settings.repeats,
+                           settings.max_seconds)
+        source = torch_source(artifact)
+        for row in rows:
+            row.update(model=artifact.label, profile=artifact.profile, variant=artifact.variant,
+                       artifact=str(artifact.path))
+            if source is not None:
+                flop = 2 * row["batch"] * source_macs(source, row["seq_len"])
+                row.update(gflop_per_batch=flop / 1e9,
+                           achieved_gflops=flop / 1e9 / (row["p50_ms"] / 1e3))
+        latency += rows
+        del runner
+    split, done = [], set()
+    if settings.split:
+        from toolchain.modeling import load_embedding_model
+
+        for artifact in artifacts:
+            source = torch_source(artifact)
+            if source is None or artifact.variant in done:
+                continue
+            done.add(artifact.variant)
+            model = load_embedding_model(source)
+            threads = settings.split_threads or settings.threads
+            split += cost_split(model, settings.shapes, settings.warmup, settings.repeats,
+                                settings.max_seconds, threads)
+    variants = [VARIANTS[v] for v in dict.fromkeys(a.variant for a in artifacts) if v in VARIANTS]
+    seq_lens = sorted({t for _, t in settings.shapes})
+    return {"latency": latency, "split": split, "split_method": SPLIT_METHOD,
+            "analytic": analytic_table(variants, seq_lens=seq_lens)}
+
+
+@dataclass
+class AllSettings:
+    """`bench all` knobs: small grid and repeats by default so `make bench` takes minutes."""
+
+    latency: LatencySettings = field(default_factory=lambda: LatencySettings(
+        grid=ALL_GRID, warmup=1, repeats=5, max_seconds=2.0))
+    profiles: tuple[str, ...] = ("onnx-fp32", "onnx-int8", "merged")
+    quality_profile: str = "onnx-fp32"
+    tasks: tuple[str, ...] | None = None
+    limit: int | None = None
+    quality: bool = True
+
+
+def run_all(preset: str, variants: Sequence[str], settings: AllSettings,
+            budget: Budget | None = None, out_dir: Path | None = None) -> dict:
+    """Latency, cost split, quality, compare, budget and report for runs/<preset>/<variants>.
+
+    Returns:
+        The report dict (also written to ``out_dir``, default runs/<preset>/bench/).
+    """
+    from toolchain.bench.compare import compare_models
+    from toolchain.bench.quality import evaluate_artifacts
+    from toolchain.bench.report import write_report
+
+    unknown = [v for v in variants if v not in VARIANTS]
+    if unknown:
+        raise ToolchainError(f"unknown variant(s) {unknown}; known: {', '.join(VARIANTS)}")
+    out_dir = Path(out_dir) if out_dir else runs_dir() / preset / "bench"
+    start = time.perf_counter()
+    artifacts = preset_artifacts(preset, variants, settings.profiles)
+    lat = settings.latency
+    if "merged" in settings.profiles:  # merged dirs are listed already: timed as torch runners
+        lat = replace(lat, with_torch=False)
+    measured = run_latency(artifacts, lat)
+    quality, comparison = None, []
+    if settings.quality:
+        chosen = [a for a in artifacts if a.profile == settings.quality_profile]
+        quality = evaluate_artifacts(chosen or artifacts, out_dir, settings.tasks,
+                                     settings.limit, lat.provider, lat.threads)["models"]
+        comparison = compare_models(quality)
+    report = {"preset": preset, "variants": list(variants),
+              "created": time.strftime("%Y-%m-%d %H:%M:%S"),
+              "machine": machine_info(), "matmul_peak": matmul_peak_gflops(lat.threads),
+              "settings": {"grid": lat.grid, "warmup": lat.warmup, "repeats": lat.repeats,
+                           "threads": lat.threads, "split_threads": lat.split_threads,
+                           "provider": lat.provider,
+                           "max_seconds": lat.max_seconds, "tasks": settings.tasks,
+                           "limit": settings.limit},
+              **measured, "quality": quality, "compare": comparison, "budget": None}
+    if budget is not None:
+        violations = check_budget(budget, measured["latency"], measured["split"], quality,
+                                  [VARIANTS[v] for v in variants])
+        report["budget"] = {"file": str(budget.path), "violations": violations,
+                            "passed": not violations}
+    report["seconds"] = time.perf_counter() - start
+    return write_report(report, out_dir)

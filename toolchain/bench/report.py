@@ -1,0 +1,240 @@
+"""The benchmark report: report.json (everything), report.md (a rollout recommendation per task
+family) and PNG plots, written atomically into runs/<preset>/bench/ (or any directory).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from toolchain.bench.budget import format_violations
+from toolchain.bench.compare import format_comparison, paired_test
+from toolchain.bench.quality import format_quality
+
+# The paper's trade-off splits along these families (Tang & Yang 2024): trainable multi-layer
+# pooling helped STS and retrieval significantly but hurt clustering and classification.
+FAMILIES: dict[str, tuple[str, ...]] = {
+    "search/STS": ("retrieval", "sts", "reranking", "pairclassification", "summarization"),
+    "clustering/classification": ("clustering", "classification", "multilabelclassification"),
+}
+BASELINE = "m1"
+
+
+def family_of(category: str) -> str | None:
+    key = category.lower().replace("_", "").replace("-", "").replace(" ", "")
+    return next((f for f, cats in FAMILIES.items() if key in cats), None)
+
+
+def reference_shape(split: list[dict]) -> str | None:
+    """The shape cost is quoted at: 8x128 when measured, else the largest measured."""
+    shapes = {r["shape"]: r["batch"] * r["seq_len"] for r in split}
+    return "8x128" if "8x128" in shapes else max(shapes, key=shapes.get, default=None)
+
+
+def mistral_7b_cost(analytic: list[dict], seq_len: int = 128) -> dict[str, dict[str, float]]:
+    """{variant: {size: head % of a Mistral-7B backbone by FLOPs}} at the measured length
+    closest to ``seq_len``."""
+    rows = [r for r in analytic if r["shape"] == "mistral-7b"]
+    if not rows:
+        return {}
+    length = min({r["seq_len"] for r in rows}, key=lambda t: abs(t - seq_len))
+    out: dict[str, dict[str, float]] = {}
+    for r in rows:
+        if r["seq_len"] == length:
+            out.setdefault(r["variant"], {})[r["size"]] = r["head_pct"]
+            out[r["variant"]]["seq_len"] = length
+    return out
+
+
+def family_points(quality: dict | None, split: list[dict],
+                  analytic: list[dict] | None = None) -> list[dict]:
+    """Per (variant, family): paired test vs m1 on the family's tasks, the head's added ms and
+    its FLOP share of a Mistral-7B backbone."""
+    if not quality:
+        return []
+    ref = reference_shape(split)
+    cost = {r["variant"]: r for r in split if r["shape"] == ref}
+    at_7b = mistral_7b_cost(analytic or [])
+    base = next((e for e in quality.values() if e["variant"] == BASELINE
+                 and e["profile"] == "onnx-fp32"), None) or next(
+        (e for e in quality.values() if e["variant"] == BASELINE), None)
+    if base is None:
+        return []
+    ref_scores = {r["task"]: float(r["score"]) for r in base["rows"]}
+    points = []
+    for model, entry in quality.items():
+        if entry["variant"] == BASELINE or entry["profile"] != base["profile"]:
+            continue
+        for family in FAMILIES:
+            deltas = [float(r["score"]) - ref_scores[r["task"]] for r in entry["rows"]
+                      if family_of(r["category"]) == family and r["task"] in ref_scores]
+            if not deltas:
+                continue
+            test = paired_test(deltas)
+            row = cost.get(entry["variant"], {})
+            points.append({"variant": entry["variant"], "model": model, "family": family,
+                           **test, "shape": ref, "added_ms": row.get("added_ms", 0.0),
+                           "added_pct": row.get("added_pct"),
+                           "mistral_7b": at_7b.get(entry["variant"], {})})
+    return points
+
+
+def recommend(points: list[dict], violations: list[dict]) -> dict[str, str]:
+    """One sentence per family: roll out the best significant within-budget variant, or keep m1."""
+    over = {v["subject"].split()[0].split("/")[0] for v in violations}
+    advice = {}
+    for family in FAMILIES:
+        rows = [p for p in points if p["family"] == family]
+        if not rows:
+            advice[family] = "no quality results for this family: no recommendation."
+            continue
+        wins = sorted((p for p in rows if (p["mean_delta"] or 0) > 0),
+                      key=lambda p: -p["mean_delta"])
+        good = [p for p in wins if p["significant"] and p["variant"] not in over]
+        hurts = [p["variant"] for p in rows if p["significant"] and p["mean_delta"] < 0]
+        cost = (lambda p: f"+{p['added_ms']:.2f} ms/batch at {p['shape']}"
+                + (f", {p['added_pct']:.1f}% of the backbone" if p["added_pct"] is not None else "")
+                + _at_7b(p["mistral_7b"]))
+        if good:
+            best = good[0]
+            text = (f"roll out {best['variant']}: {best['mean_delta']:+.4f} over {BASELINE} "
+                    f"(p={best['p']:.3g}, n={best['n']}) for {cost(best)}.")
+        elif wins:
+            best = wins[0]
+            why = ("over budget" if best["variant"] in over else
+                   best["note"] or f"p={best['p']:.3g} is not below 0.05")
+            text = (f"keep {BASELINE}: best candidate {best['variant']} is ahead by "
+                    f"{best['mean_delta']:+.4f} but not proven ({why}); "
+                    f"it would cost {cost(best)}.")
+        else:
+            least = max(rows, key=lambda p: p["mean_delta"] or 0)
+            text = (f"keep {BASELINE}: no variant scores above it (closest: {least['variant']} "
+                    f"{least['mean_delta']:+.4f}).")
+        if hurts:
+            text += f" Avoid {', '.join(sorted(hurts))} (significantly worse)."
+        advice[family] = text
+    return advice
+
+
+def _at_7b(cost: dict) -> str:
+    if "compact" not in cost:
+        return ""
+    return (f"; at Mistral-7B shape by FLOPs (T={cost['seq_len']}) its head is "
+            f"{cost['compact']:.2f}% of the backbone compact, "
+            f"{cost.get('paper', 0):.0f}% paper-size")
+
+
+def latency_markdown(rows: list[dict]) -> str:
+    lines = ["| model | runtime | provider | threads | shape | p50 ms | p95 ms | p99 ms | "
+             "texts/s | tokens/s | GFLOP/s |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+    lines += [f"| {r['model']} | {r['runtime']} | {r['provider']} | {r['threads']} | {r['shape']} "
+              f"| {r['p50_ms']:.2f} | {r['p95_ms']:.2f} | {r['p99_ms']:.2f} | "
+              f"{r['texts_per_s']:.1f} | {r['tokens_per_s']:.0f} | "
+              f"{r.get('achieved_gflops', float('nan')):.1f} |" for r in rows]
+    return "\n".join(lines)
+
+
+def speedup_markdown(rows: list[dict]) -> str:
+    """p50 ratios per variant and shape: PyTorch eager / ORT fp32 and ORT fp32 / ORT int8."""
+    p50 = {(r["variant"], r["profile"], r["shape"]): r["p50_ms"] for r in rows}
+    lines = ["| variant | shape | ORT fp32 vs eager | int8 vs fp32 |", "|---|---|---|---|"]
+    for variant, shape in dict.fromkeys((r["variant"], r["shape"]) for r in rows):
+        fp32 = p50.get((variant, "onnx-fp32", shape))
+        eager, int8 = p50.get((variant, "merged", shape)), p50.get((variant, "onnx-int8", shape))
+        cells = [f"{eager / fp32:.2f}x" if fp32 and eager else "-",
+                 f"{fp32 / int8:.2f}x" if fp32 and int8 else "-"]
+        lines.append(f"| {variant} | {shape} | {cells[0]} | {cells[1]} |")
+    return "\n".join(lines)
+
+
+def split_markdown(rows: list[dict]) -> str:
+    lines = ["| variant | pooling | threads | shape | backbone ms | head ms | eos_last ms | "
+             "added ms | added % | analytic head % |", "|---|---|---|---|---|---|---|---|---|---|"]
+    lines += [f"| {r['variant']} | {r['pooling']} | {r['threads']} | {r['shape']} | "
+              f"{r['backbone_p50_ms']:.2f} | "
+              f"{r['head_p50_ms']:.3f} | {r['eos_last_p50_ms']:.3f} | {r['added_ms']:+.3f} | "
+              f"{r['added_pct']:+.1f} | {r['analytic_head_pct']:.2f} |" for r in rows]
+    return "\n".join(lines)
+
+
+def analytic_markdown(rows: list[dict]) -> str:
+    lines = ["| variant | shape | T | head size | head GFLOP/text | backbone GFLOP/text | "
+             "head % of backbone |", "|---|---|---|---|---|---|---|"]
+    lines += [f"| {r['variant']} | {r['shape']} | {r['seq_len']} | {r['size']} | "
+              f"{r['head_gflop_per_text']:.3f} | {r['backbone_gflop_per_text']:.1f} | "
+              f"{r['head_pct']:.2f} |" for r in rows]
+    return "\n".join(lines)
+
+
+def rows_at_length(rows: list[dict], seq_len: int) -> list[dict]:
+    """Trainable-head rows at the measured length closest to ``seq_len``."""
+    rows = [r for r in rows if r["per_text"] > 0]
+    if not rows:
+        return []
+    length = min({r["seq_len"] for r in rows}, key=lambda t: abs(t - seq_len))
+    return [r for r in rows if r["seq_len"] == length]
+
+
+def render_markdown(report: dict) -> str:
+    """The report as Markdown: recommendation first, then the evidence."""
+    machine = report["machine"]
+    out = [f"# Benchmark report: {report['preset']}", "",
+           f"Machine: {machine['cpu']}, {machine['cores']} cores, torch {machine['torch']}, "
+           f"onnxruntime {machine['onnxruntime']}; threads "
+           f"{report['settings']['threads'] or 'runtime default'} (cost split: "
+           f"{report['settings'].get('split_threads') or 'same'}); "
+           f"grid {report['settings']['grid']}, warm-up {report['settings']['warmup']}, "
+           f"repeats {report['settings']['repeats']}.", "", "## Rollout recommendation", ""]
+    out += [f"- **{family}**: {text}" for family, text in report["recommendations"].items()]
+    budget = report.get("budget")
+    if budget:
+        out += ["", f"## Budget ({budget['file']}): {'PASS' if budget['passed'] else 'FAIL'}", ""]
+        out += [format_violations(budget["violations"]) if budget["violations"]
+                else "All limits met."]
+    peak = report.get("matmul_peak")
+    peak_line = (f"Machine matmul peak (torch.mm {peak['size']}^2, {peak['threads']} threads): "
+                 f"{peak['gflops']:.1f} GFLOP/s; GFLOP/s below = analytic FLOPs / p50.\n\n"
+                 if peak else "")
+    sections = [("Latency (full model)", peak_line + latency_markdown(report["latency"])),
+                ("Runtime speedups (p50 ratios)", speedup_markdown(report["latency"])),
+                ("Cost split: head alone over eos_last", report["split_method"] + "\n\n"
+                 + split_markdown(report["split"])),
+                ("Analytic head cost at named model shapes",
+                 "Per text, 128 tokens (every length in report.json); m1 has no head.\n\n"
+                 + analytic_markdown(rows_at_length(report["analytic"], 128)))]
+    if report.get("quality"):
+        sections.append(("Quality (mean main score per category)",
+                         format_quality(report["quality"])))
+        sections.append(("Paired Wilcoxon signed-rank vs m1", format_comparison(report["compare"])))
+    for title, body in sections:
+        out += ["", f"## {title}", "", body]
+    out += ["", "## Plots", ""] + [f"![{Path(p).stem}]({Path(p).name})" for p in report["plots"]]
+    return "\n".join(out) + "\n"
+
+
+def write_report(report: dict, out_dir: str | Path) -> dict:
+    """Add recommendations and plots, then write report.json, report.md and PNGs to ``out_dir``.
+
+    Files are written beside each other and renamed into place, so a reader never sees a
+    half-written report.
+    """
+    from toolchain.bench.plots import plot_latency_vs_length, plot_quality_vs_latency
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    violations = (report.get("budget") or {}).get("violations", [])
+    points = family_points(report.get("quality"), report["split"], report.get("analytic"))
+    report["family_points"] = points
+    report["recommendations"] = recommend(points, violations)
+    plots = [plot_latency_vs_length(report["latency"], report["split"],
+                                    out_dir / "latency_vs_length.png")]
+    if points:
+        plots.append(plot_quality_vs_latency(points, out_dir / "quality_vs_latency.png"))
+    report["plots"] = [str(p) for p in plots]
+    for name, text in (("report.json", json.dumps(report, indent=2, default=str) + "\n"),
+                       ("report.md", render_markdown(report))):
+        tmp = out_dir / f".{name}.tmp-{os.getpid()}"
+        tmp.write_text(text)
+        tmp.replace(out_dir / name)
+    return report

@@ -1,0 +1,188 @@
+"""Benchmark commands: `bench latency`, `bench quality`, `bench all` and `compare`.
+
+A violated budget exits 1 after printing a violations table; bad input exits 2.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import click
+
+from toolchain.bench.latency import ALL_GRID, DEFAULT_GRID
+
+BUDGET_HELP = "budget YAML (benchmarks/budgets/default.yaml); violations exit 1"
+
+
+def _budget_gate(budget, **results) -> None:
+    """Check results against a loaded budget; print the table and exit 1 on violations."""
+    from toolchain.bench.budget import check_budget, format_violations
+
+    violations = check_budget(budget, **results)
+    if violations:
+        click.echo(f"\nbudget {budget.path}: {len(violations)} violation(s)")
+        click.echo(format_violations(violations))
+        sys.exit(1)
+    click.echo(f"\nbudget {budget.path}: all limits met")
+
+
+def _write_json(path: str | None, data) -> None:
+    if path:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        Path(path).write_text(json.dumps(data, indent=2, default=str) + "\n")
+        click.echo(f"wrote {path}")
+
+
+@click.group("bench", epilog="Example: poolattn bench all --preset tiny-mistral")
+def bench_group() -> None:
+    """Latency, quality and budget checks of exported artifacts."""
+
+
+@bench_group.command("latency", epilog="Examples:\n\n\b\n"
+                     "  poolattn bench latency runs/tiny-mistral/m1/onnx-fp32 "
+                     "runs/tiny-mistral/m5/onnx-fp32\n"
+                     "  poolattn bench latency runs/tiny-mistral/m3/onnx-int8 --grid 8x128 "
+                     "--threads 2 --no-torch")
+@click.argument("artifacts", nargs=-1, required=True, type=click.Path())
+@click.option("--grid", default=DEFAULT_GRID, show_default=True, help="BATCHxSEQ_LEN,...")
+@click.option("--warmup", default=3, show_default=True, help="untimed runs per shape")
+@click.option("--repeats", default=20, show_default=True, help="timed runs per shape")
+@click.option("--threads", type=int, default=None, help="intra-op threads (default: runtime's)")
+@click.option("--provider", type=click.Choice(["auto", "cpu", "cuda"]), default="cpu",
+              show_default=True, help="ONNX Runtime provider")
+@click.option("--torch/--no-torch", "with_torch", default=True, show_default=True,
+              help="also time each ONNX artifact's merged PyTorch model")
+@click.option("--split/--no-split", default=True, show_default=True,
+              help="cost split: backbone alone vs head alone (torch, cached features)")
+@click.option("--split-threads", type=int, default=1, show_default=True,
+              help="torch threads of the cost split (0: same as --threads)")
+@click.option("--max-seconds", type=float, default=20.0, show_default=True,
+              help="stop a shape's timed runs after this long (at least 3 runs)")
+@click.option("--budget", "budget_file", type=click.Path(), default=None, help=BUDGET_HELP)
+@click.option("--out", type=click.Path(), default=None, help="write all rows as JSON here")
+def latency_command(artifacts, grid, warmup, repeats, threads, provider, with_torch, split,
+                    split_threads, max_seconds, budget_file, out) -> None:
+    """p50/p95/p99, texts/s and tokens/s of ARTIFACTS on ONNX Runtime (and PyTorch), the added
+    cost of each pooling head over eos_last, and analytic head FLOPs at named model shapes."""
+    from toolchain.bench.artifacts import inspect_artifact
+    from toolchain.bench.budget import load_budget
+    from toolchain.bench.latency import machine_info
+    from toolchain.bench.pipeline import LatencySettings, run_latency
+    from toolchain.bench.report import (analytic_markdown, latency_markdown, rows_at_length,
+                                        split_markdown)
+    from toolchain.modeling.variants import VARIANTS
+
+    budget = load_budget(budget_file) if budget_file else None  # fail fast on a bad file
+    settings = LatencySettings(grid=grid, warmup=warmup, repeats=repeats, threads=threads,
+                               provider=provider, with_torch=with_torch, split=split,
+                               split_threads=split_threads or None, max_seconds=max_seconds)
+    found = [inspect_artifact(a) for a in artifacts]
+    result = run_latency(found, settings)
+    click.echo(latency_markdown(result["latency"]))
+    if result["split"]:
+        click.echo("\n" + result["split_method"] + "\n\n" + split_markdown(result["split"]))
+    click.echo("\nAnalytic head cost per text (128 tokens or the nearest measured length):\n"
+               + analytic_markdown(rows_at_length(result["analytic"], 128)))
+    _write_json(out, {"machine": machine_info(), "settings": vars(settings), **result})
+    if budget is not None:
+        variants = [VARIANTS[a.variant] for a in found if a.variant in VARIANTS]
+        _budget_gate(budget, latency=result["latency"], split=result["split"], variants=variants)
+
+
+@bench_group.command("quality", epilog="Example: poolattn bench quality "
+                     "runs/tiny-mistral/m1/onnx-fp32 runs/tiny-mistral/m5/onnx-fp32 --limit 50")
+@click.argument("artifacts", nargs=-1, required=True, type=click.Path())
+@click.option("--tasks", default=None, help="comma-separated task names (default: whole suite)")
+@click.option("--limit", type=int, default=None, help="at most N examples per task")
+@click.option("--threads", type=int, default=None)
+@click.option("--out", type=click.Path(), default=None,
+              help="output directory (default: runs/<preset>/bench beside the first artifact)")
+@click.option("--budget", "budget_file", type=click.Path(), default=None, help=BUDGET_HELP)
+def quality_command(artifacts, tasks, limit, threads, out, budget_file) -> None:
+    """Evaluate ARTIFACTS on the task suite via mteb: result files + quality.json summary."""
+    from toolchain.bench.artifacts import inspect_artifact
+    from toolchain.bench.budget import load_budget
+    from toolchain.bench.quality import evaluate_artifacts, format_quality
+
+    budget = load_budget(budget_file) if budget_file else None
+    found = [inspect_artifact(a) for a in artifacts]
+    out_dir = Path(out) if out else found[0].path.parent.parent / "bench"
+    names = [t.strip() for t in tasks.split(",") if t.strip()] if tasks else None
+    summary = evaluate_artifacts(found, out_dir, names, limit, threads=threads)
+    click.echo(format_quality(summary["models"]))
+    click.echo(f"wrote {out_dir / 'quality.json'}")
+    if budget is not None:
+        _budget_gate(budget, quality=summary["models"])
+
+
+@bench_group.command("all", epilog="Example (what `make bench` runs):\n\n\b\n"
+                     "  poolattn bench all --preset tiny-mistral --variants 'm1 m2 m3 m4 m5' "
+                     "--budget benchmarks/budgets/default.yaml")
+@click.option("--preset", required=True, help="runs/<preset>/<variant>/ hold the artifacts")
+@click.option("--variants", default="m1 m2 m3 m4 m5", show_default=True)
+@click.option("--grid", default=ALL_GRID, show_default=True)
+@click.option("--warmup", default=1, show_default=True)
+@click.option("--repeats", default=5, show_default=True)
+@click.option("--threads", type=int, default=None)
+@click.option("--max-seconds", type=float, default=2.0, show_default=True)
+@click.option("--split-threads", type=int, default=1, show_default=True,
+              help="torch threads of the cost split (0: same as --threads)")
+@click.option("--profiles", default="onnx-fp32,onnx-int8,merged", show_default=True,
+              help="artifact directories per variant to time (those present)")
+@click.option("--quality-profile", default="onnx-fp32", show_default=True,
+              help="which artifact per variant is evaluated for quality")
+@click.option("--tasks", default=None, help="comma-separated task names (default: whole suite)")
+@click.option("--limit", type=int, default=200, show_default=True,
+              help="at most N examples per task (0: the whole suite)")
+@click.option("--quality/--no-quality", default=True, show_default=True)
+@click.option("--budget", "budget_file", type=click.Path(), default=None, help=BUDGET_HELP)
+@click.option("--out", type=click.Path(), default=None, help="default: runs/<preset>/bench")
+def all_command(preset, variants, grid, warmup, repeats, threads, max_seconds,
+                split_threads, profiles, quality_profile, tasks, limit, quality, budget_file,
+                out) -> None:
+    """Latency + cost split + quality + compare + report (+ budget) over a preset's variants."""
+    from toolchain.bench.budget import format_violations, load_budget
+    from toolchain.bench.pipeline import AllSettings, LatencySettings, run_all
+
+    budget = load_budget(budget_file) if budget_file else None
+    settings = AllSettings(
+        latency=LatencySettings(grid=grid, warmup=warmup, repeats=repeats, threads=threads,
+                                split_threads=split_threads or None, max_seconds=max_seconds),
+        profiles=tuple(p.strip() for p in profiles.split(",") if p.strip()),
+        quality_profile=quality_profile,
+        tasks=tuple(t.strip() for t in tasks.split(",") if t.strip()) if tasks else None,
+        limit=limit or None, quality=quality)
+    report = run_all(preset, variants.split(), settings, budget, Path(out) if out else None)
+    out_dir = Path(report["plots"][0]).parent
+    click.echo((out_dir / "report.md").read_text())
+    click.echo(f"wrote {out_dir / 'report.md'} and report.json ({report['seconds']:.0f} s)")
+    if report["budget"] and report["budget"]["violations"]:
+        click.echo(f"budget {budget.path}: {len(report['budget']['violations'])} violation(s)")
+        click.echo(format_violations(report["budget"]["violations"]))
+        sys.exit(1)
+
+
+@click.command("compare", epilog="Examples:\n\n\b\n  poolattn compare --preset tiny-mistral\n"
+               "  poolattn compare runs/a/bench/quality.json runs/b/bench/quality.json")
+@click.argument("results", nargs=-1, type=click.Path())
+@click.option("--preset", default=None, help="use runs/<preset>/bench/quality.json")
+@click.option("--baseline", default="m1", show_default=True, help="reference variant")
+@click.option("--json", "json_out", type=click.Path(), default=None, help="write rows as JSON")
+def compare_command(results, preset, baseline, json_out) -> None:
+    """Paired Wilcoxon signed-rank test of each variant vs the baseline across tasks, per
+    category and overall (mean delta, statistic, p, n)."""
+    from toolchain.bench.compare import compare_models, format_comparison, load_quality
+    from toolchain.errors import ToolchainError
+    from toolchain.paths import runs_dir
+
+    if bool(results) == bool(preset):
+        raise ToolchainError("give RESULTS files or --preset, not both and not neither")
+    paths = list(results) or [runs_dir() / preset / "bench" / "quality.json"]
+    rows = compare_models(load_quality(paths), baseline)
+    click.echo(format_comparison(rows))
+    _write_json(json_out, rows)
+
+
+COMMANDS = [bench_group, compare_command]

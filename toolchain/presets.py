@@ -6,10 +6,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import yaml
-
 from toolchain.errors import ToolchainError
 from toolchain.paths import project_root
+from toolchain.yamlfile import read_yaml_mapping
 
 BACKBONE_SOURCES = ("config", "hf_dir", "gguf", "asset")
 
@@ -71,14 +70,7 @@ def load_preset(name_or_path: str | Path) -> Preset:
         path = preset_dir() / f"{name_or_path}.yaml"
     if not path.is_file():
         raise ToolchainError(f"unknown preset {str(name_or_path)!r}; known: {', '.join(list_presets())}")
-    try:
-        data = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as err:
-        mark = getattr(err, "problem_mark", None)
-        line = f":{mark.line + 1}" if mark else ""
-        raise ToolchainError(f"{path}{line}: invalid YAML: {getattr(err, 'problem', err)}") from None
-    if not isinstance(data, dict):
-        raise ToolchainError(f"{path}: expected a mapping at top level")
+    data = read_yaml_mapping(path)
     where = str(path)
     backbone = _require(data, "backbone", dict, where)
     source = _require(backbone, "source", str, f"{where}: backbone")

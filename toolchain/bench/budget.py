@@ -19,6 +19,7 @@ from pathlib import Path
 import yaml
 
 from toolchain.errors import ToolchainError
+from toolchain.yamlfile import read_yaml_mapping
 
 SCHEMA: dict[str, dict[str, type]] = {
     "latency": {"runtime": str, "profile": str, "max_p95_ms": dict},
@@ -59,17 +60,8 @@ def load_budget(path: str | Path) -> Budget:
     path = Path(path)
     if not path.is_file():
         raise ToolchainError(f"{path}: budget file does not exist")
-    text = path.read_text()
-    try:
-        data = yaml.safe_load(text) or {}
-        node = yaml.compose(text)
-    except yaml.YAMLError as err:
-        mark = getattr(err, "problem_mark", None)
-        line = f":{mark.line + 1}" if mark else ""
-        problem = getattr(err, "problem", err)
-        raise ToolchainError(f"{path}{line}: invalid YAML: {problem}") from None
-    if not isinstance(data, dict):
-        raise ToolchainError(f"{path}: expected a mapping of sections at top level")
+    data = read_yaml_mapping(path)
+    node = yaml.compose(path.read_text())  # node positions: errors name the field's line
     budget = Budget(path, data)
     _node_lines(node, "", budget.lines)
     for section, body in data.items():

@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
-import yaml
+from toolchain.yamlfile import read_yaml_mapping
 
 from toolchain.errors import ToolchainError
 from toolchain.paths import project_root
@@ -78,15 +78,7 @@ def load_profile(name_or_path: str | Path) -> Profile:
     if not path.is_file():
         raise ToolchainError(f"unknown export profile {str(name_or_path)!r}; "
                              f"known: {', '.join(list_profiles())}")
-    try:
-        data = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as err:
-        mark = getattr(err, "problem_mark", None)
-        line = f":{mark.line + 1}" if mark else ""
-        problem = getattr(err, "problem", err)
-        raise ToolchainError(f"{path}{line}: invalid YAML: {problem}") from None
-    if not isinstance(data, dict):
-        raise ToolchainError(f"{path}: expected a mapping at top level")
+    data = read_yaml_mapping(path)
     known = {f.name for f in fields(Profile)} - {"path"}
     unknown = set(data) - known
     if unknown:

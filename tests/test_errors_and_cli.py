@@ -57,7 +57,8 @@ def test_cli_help_lists_stages_and_commands():
     result = CliRunner().invoke(main, ["--help"])
     assert result.exit_code == 0
     assert "train -> merge -> export" in result.output
-    for command in ("ls", "heads", "embed", "assets", "validate"):
+    for command in ("ls", "heads", "embed", "assets", "validate", "train", "merge", "export",
+                    "verify", "bench", "compare", "data", "plan"):
         assert command in result.output
 
 

@@ -10,7 +10,7 @@ ORT_EXTRA ?= cpu           # `make venv ORT_EXTRA=gpu` installs onnxruntime-gpu 
 PYTEST_ARGS ?=
 export OMP_NUM_THREADS ?= 2
 
-.PHONY: venv assets smollm2 test test-slow train export bench clean-runs
+.PHONY: venv assets smollm2 test test-slow train export bench study clean-runs
 
 venv: $(VENV)/.installed
 $(VENV)/.installed: pyproject.toml constraints.txt
@@ -44,11 +44,28 @@ RUNS := runs/$(PRESET)
 train: venv assets
 	for v in $(VARIANTS); do $(BIN)/poolattn train --preset $(PRESET) --variant $$v || exit 1; done
 
+EXPORT_PROFILES ?= fp32 int8
 export: venv assets
 	for v in $(VARIANTS); do \
 	  $(BIN)/poolattn merge $(RUNS)/$$v || exit 1; \
-	  $(BIN)/poolattn export $(RUNS)/$$v/merged --profile fp32 --profile int8 || exit 1; \
+	  $(BIN)/poolattn export $(RUNS)/$$v/merged $(foreach p,$(EXPORT_PROFILES),--profile $(p)) || exit 1; \
 	done
 
 bench: venv assets
 	$(BIN)/poolattn bench all --preset $(PRESET) --variants "$(VARIANTS)" --budget benchmarks/budgets/default.yaml
+
+# ---- the CPU mini-study: m1..m5 from real SmolLM2-135M weights, on 2 cores -------------------
+# Trains, exports (fp32), benches (latency + the suite at STUDY_LIMIT examples a task, each task
+# also in STUDY_SHARDS shards), tests every variant against m1 and the paper's directions, and
+# writes the record to runs/$(STUDY)/bench/study_record.md.
+STUDY ?= smollm2-135m-study
+STUDY_SHARDS ?= 5
+STUDY_LIMIT ?= 100
+study: venv assets smollm2
+	$(MAKE) train export PRESET=$(STUDY) EXPORT_PROFILES=fp32
+	$(BIN)/poolattn bench all --preset $(STUDY) --variants "$(VARIANTS)" --profiles onnx-fp32,merged \
+	  --limit $(STUDY_LIMIT) --shards $(STUDY_SHARDS)
+	$(BIN)/poolattn compare --preset $(STUDY) --unit shard \
+	  --paper benchmarks/study/paper_directions.yaml --markdown runs/$(STUDY)/bench/study.md
+	$(BIN)/python benchmarks/study/record.py --preset $(STUDY) --variants "$(VARIANTS)" \
+	  --out runs/$(STUDY)/bench/study_record.md

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections import Counter
 
 import numpy as np
 import pytest
@@ -172,3 +173,74 @@ def test_adapters_keep_order_and_encode_each_unique_text_once():
     np.testing.assert_allclose(np.linalg.norm(emb, axis=1), 1.0, rtol=1e-6)
     np.testing.assert_allclose(emb[1], emb[3])
     assert wrapped.mteb_model_meta.name == "poolattn/len"
+
+
+def test_shards_partition_each_task_and_keep_the_whole_task_score(bow_run, tmp_path):
+    from toolchain.data.task_loaders import shard_names
+    from toolchain.data.tasks import resolve_tasks
+
+    whole = {r["task"]: r for r in bow_run[0]}
+    for task in resolve_tasks(shards=3):
+        task.load_data()
+        assert list(task.dataset) == shard_names(3) == ["default", "shard0", "shard1", "shard2"]
+        splits = {s: task.dataset[s]["test"] for s in task.dataset}
+        if "queries" in splits["default"]:  # retrieval: shards split the queries, not the corpus
+            items = {s: list(d["queries"]["id"]) for s, d in splits.items()}
+            assert all(len(d["corpus"]) == len(splits["default"]["corpus"]) for d in splits.values())
+        else:
+            column = next(c for c in ("sentences", "text", "sentence1") if c in splits["default"].column_names)
+            extra = "sentence2" if column == "sentence1" else "label" if column == "text" else "labels"
+            items = {s: list(zip(d[column], d[extra])) for s, d in splits.items()}
+            if extra != "sentence2":  # every shard keeps the label mix (within one per label)
+                mix = {s: Counter(d[extra]) for s, d in splits.items()}
+                for label, total in mix["default"].items():
+                    assert all(abs(mix[s][label] - total / 3) < 1 for s in shard_names(3)[1:])
+        shards = [items[s] for s in shard_names(3)[1:]]
+        assert sorted(x for part in shards for x in part) == sorted(items["default"])  # a partition
+        assert max(map(len, shards)) - min(map(len, shards)) <= 1
+    out = tmp_path / "mteb"
+    rows = evaluate(HashedBagOfWords(), output_dir=out, shards=3)
+    for row in rows:
+        assert row["score"] == pytest.approx(whole[row["task"]]["score"], abs=1e-9)  # unchanged
+        assert len(row["shard_scores"]) == 3 and len(set(row["shard_scores"])) == 3, row
+        low, high = RANGES[row["category"]]
+        assert all(low <= s <= high for s in row["shard_scores"])
+    retrieval = next(r for r in rows if r["category"] == "retrieval")  # nDCG is a per-query mean
+    assert np.mean(retrieval["shard_scores"]) == pytest.approx(retrieval["score"], abs=1e-4)
+    result = json.loads((out / "results" / "poolattn__bow-512" / "local" /
+                         "LeeDocumentSTS.json").read_text())
+    assert sorted(s["hf_subset"] for s in result["scores"]["test"]) == shard_names(3)
+
+
+def test_sharding_encodes_no_text_twice():
+    from toolchain.data.mteb_encoder import MtebEncoder
+    from toolchain.data.tasks import _instruction_for, resolve_tasks
+
+    class Counting(HashedBagOfWords):
+        def __init__(self):
+            super().__init__()
+            self.texts: list[str] = []
+
+        def encode(self, texts):
+            self.texts += texts
+            return super().encode(texts)
+
+    import mteb
+
+    counts = []
+    for shards in (1, 4):
+        encoder = Counting()
+        tasks = resolve_tasks(["BBCNewsClassification", "WordNetDefinitionRetrieval"], limit=40,
+                              shards=shards)
+        mteb.evaluate(MtebEncoder(encoder, _instruction_for), tasks, cache=None,
+                      show_progress_bar=False, encode_kwargs={"batch_size": 64})
+        assert len(encoder.texts) == len(set(encoder.texts))
+        counts.append(len(encoder.texts))
+    assert counts[0] == counts[1]  # shards re-ask for the corpus / train split: served from cache
+
+
+def test_bad_shard_counts_are_refused():
+    with pytest.raises(ToolchainError, match="positive integer"):
+        evaluate(RandomEncoder(), ["LeeDocumentSTS"], shards=0)
+    with pytest.raises(ToolchainError, match="cannot make 5 shards"):
+        evaluate(RandomEncoder(), ["LeeDocumentSTS"], limit=6, shards=5)

@@ -14,6 +14,20 @@ from toolchain.paths import project_root
 SCRIPT = project_root() / "benchmarks" / "gpu" / "run_gpu_validation.py"
 
 
+@pytest.fixture(scope="module", autouse=True)
+def launcher_env():
+    """The dry run starts a one-process DeepSpeed group: put back the variables it sets."""
+    import os
+
+    env = dict(os.environ)
+    yield
+    for key in ("MASTER_ADDR", "MASTER_PORT", "RANK", "WORLD_SIZE", "LOCAL_RANK"):
+        if key in env:
+            os.environ[key] = env[key]
+        else:
+            os.environ.pop(key, None)
+
+
 @pytest.fixture(scope="module")
 def gpu_script():
     spec = importlib.util.spec_from_file_location("run_gpu_validation", SCRIPT)
@@ -52,6 +66,8 @@ def test_dry_run_training_step(gpu_script, tmp_path):
     train = result["train"]
     assert train["layers"] == 2 and train["loss_finite"] and len(train["losses"]) == 2
     assert train["zero_stage"] == 3 and train["trainable_params"] > 0
+    assert train["engine"].startswith("DeepSpeed ZeRO-3 on CPU")  # the real engine stepped
+    assert train["losses"][0] != train["losses"][1]
     assert (tmp_path / "gpu_cpu-dry-run.md").read_text().startswith("# GPU validation")
 
 

@@ -35,7 +35,7 @@ from toolchain.modeling.shapes import MODEL_SHAPES, ModelShape  # noqa: E402
 if TYPE_CHECKING:
     from toolchain.plan import MemoryPlan
 
-# --dry-run: the same code path at toy width on CPU (fp32, no DeepSpeed engine).
+# --dry-run: the same code path at toy width on CPU (fp32, DeepSpeed ZeRO-3 engine on gloo).
 TINY_SHAPE = ModelShape(hidden_size=64, num_layers=2, intermediate_size=224, num_heads=4,
                         num_kv_heads=2, vocab_size=1000)
 INLINE_ZERO3 = {  # used when ds_configs/zero3.json is absent
@@ -154,7 +154,8 @@ def choose_layers(args, shape: ModelShape, world: int, card_bytes: int) -> tuple
 
 
 def train_step(args, shape: ModelShape, device: str, world: int) -> dict:
-    """Two InfoNCE steps (the second timed) under DeepSpeed ZeRO-3, or plain torch on CPU."""
+    """Two InfoNCE steps (the second timed) under the DeepSpeed ZeRO-3 engine (bf16 on GPU,
+    fp32 on CPU for the dry run)."""
     import torch
 
     from toolchain.modeling.lora import LoraSettings, apply_lora
@@ -171,14 +172,10 @@ def train_step(args, shape: ModelShape, device: str, world: int) -> dict:
     texts = args.queries * 3
     config, source = ds_config(world, texts, shape.hidden_size, on_gpu)
     trainable = [p for p in model.parameters() if p.requires_grad]
-    if on_gpu:
-        import deepspeed
+    trainable_count = sum(p.numel() for p in trainable)  # before ZeRO-3 partitions them
+    import deepspeed
 
-        engine, *_ = deepspeed.initialize(model=model, model_parameters=trainable, config=config)
-        forward, backward, step = engine, engine.backward, engine.step
-    else:  # dry run: the config is built and checked, the step is plain torch
-        optimizer = torch.optim.AdamW(trainable, lr=1e-5)
-        forward, backward, step = model, lambda loss: loss.backward(), optimizer.step
+    engine, *_ = deepspeed.initialize(model=model, model_parameters=trainable, config=config)
     gen = torch.Generator().manual_seed(1)
     losses, seconds = [], 0.0
     for _ in range(2):
@@ -189,27 +186,27 @@ def train_step(args, shape: ModelShape, device: str, world: int) -> dict:
             torch.cuda.synchronize()
             torch.cuda.reset_peak_memory_stats()
         start = time.perf_counter()
-        emb = forward(ids, mask)  # (3Q, H): queries, positives, negatives
+        emb = engine(ids, mask)  # (3Q, H): queries, positives, negatives
         q, pos, neg = emb.split(args.queries)
         loss = info_nce(q, pos, neg, temperature=0.05).loss
-        backward(loss)
-        step()
+        engine.backward(loss)
+        engine.step()
         if on_gpu:
             torch.cuda.synchronize()
         seconds = time.perf_counter() - start
-        losses.append(float(loss))
+        losses.append(float(loss.detach()))
     sized = dataclasses.replace(shape, num_layers=layers)
     plan = plan_for(sized, args, world, "bf16" if on_gpu else "fp32")
-    engine = (f"DeepSpeed ZeRO-{config['zero_optimization']['stage']}" if on_gpu
-              else "plain torch (dry run; DeepSpeed config built, engine not started)")
-    result = {"engine": engine, "layers": layers, "layers_note": reason, "head": args.head,
+    name = f"DeepSpeed ZeRO-{config['zero_optimization']['stage']}" + (
+        "" if on_gpu else " on CPU (dry run, gloo, fp32)")
+    result = {"engine": name, "layers": layers, "layers_note": reason, "head": args.head,
               "world_size": world,
               "queries_per_gpu": args.queries, "texts_per_gpu": texts, "seq_len": args.seq_len,
               "precision": str(dtype).replace("torch.", ""), "ds_config": source,
               "zero_stage": config["zero_optimization"]["stage"], "gradient_checkpointing": True,
               "losses": losses, "loss_finite": all(math.isfinite(v) for v in losses),
               "step_seconds": round(seconds, 3),
-              "trainable_params": sum(p.numel() for p in trainable),
+              "trainable_params": trainable_count,
               "plan_total_bytes": plan.total(True)}
     if on_gpu:
         peak = torch.cuda.max_memory_allocated(device)
@@ -321,15 +318,16 @@ def render_markdown(results: dict) -> str:
 
 
 def _init_distributed(device: str) -> tuple[int, int]:
-    """(rank, world) under the deepspeed launcher or torchrun; a 1-process group otherwise."""
+    """(rank, world) under the deepspeed launcher or torchrun; a 1-process group otherwise
+    (nccl on GPU, gloo for the CPU dry run; an existing group is reused)."""
     import deepspeed
-
-    for key, value in (("MASTER_ADDR", "127.0.0.1"), ("MASTER_PORT", "29511"), ("RANK", "0"),
-                       ("WORLD_SIZE", "1"), ("LOCAL_RANK", "0")):
-        os.environ.setdefault(key, value)
-    deepspeed.init_distributed(dist_backend="nccl" if device.startswith("cuda") else "gloo")
     import torch.distributed as dist
 
+    from toolchain.train.launch import ensure_single_process_env
+
+    ensure_single_process_env()
+    if not dist.is_initialized():
+        deepspeed.init_distributed(dist_backend="nccl" if device.startswith("cuda") else "gloo")
     return dist.get_rank(), dist.get_world_size()
 
 
@@ -346,7 +344,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     shape = TINY_SHAPE if args.dry_run else MODEL_SHAPES["mistral-7b"]
     if args.dry_run:
-        device, rank, world = "cpu", 0, 1
+        device = "cpu"
+        rank, world = _init_distributed(device)
     else:
         local = int(os.environ.get("LOCAL_RANK", "0"))
         torch.cuda.set_device(local)

@@ -1,6 +1,9 @@
 """Paired Wilcoxon signed-rank tests of each variant against a baseline (m1) across tasks.
 
-The pairs are per-task main scores of two models on the same tasks (as in the paper). Zero
+The pairs are per-task main scores of two models on the same tasks (as in the paper), or with
+``unit="shard"`` per-shard scores (``poolattn bench quality --shards K``: each task's evaluation
+examples cut into K disjoint shards), which tests within this suite's tasks rather than across
+a population of tasks, but gives a category with one task K pairs instead of one. Zero
 differences are dropped (``zero_method="wilcox"``, the textbook test), so ``n_nonzero`` is the
 test's sample size. A two-sided exact test over k non-zero pairs cannot give p below 2 / 2**k;
 for k < 6 that floor is >= 0.0625, so no p-value is reported, only the note saying so. With ties
@@ -72,25 +75,43 @@ def paired_test(deltas: list[float]) -> dict:
     return result
 
 
-def _scores(entry: dict) -> dict[str, tuple[str, float]]:
-    return {row["task"]: (row["category"], float(row["score"])) for row in entry["rows"]}
+UNITS = ("task", "shard")
 
 
-def compare_models(quality: dict, baseline: str = "m1") -> list[dict]:
+def _scores(model: str, entry: dict, unit: str) -> dict[tuple, tuple[str, float]]:
+    """{pair key: (category, score)}: one key per task, or per (task, shard index)."""
+    if unit == "task":
+        return {(row["task"],): (row["category"], float(row["score"])) for row in entry["rows"]}
+    out = {}
+    for row in entry["rows"]:
+        if "shard_scores" not in row:
+            raise ToolchainError(f"{model}: task {row['task']} has no per-shard scores; "
+                                 "evaluate with `poolattn bench quality --shards K`")
+        out.update({(row["task"], i): (row["category"], float(s))
+                    for i, s in enumerate(row["shard_scores"])})
+    return out
+
+
+def compare_models(quality: dict, baseline: str = "m1", unit: str = "task") -> list[dict]:
     """Test every model against the baseline variant with the same profile, per category and
     overall.
 
     Args:
-        quality: ``{model: {"variant", "profile", "rows": [{task, category, score, ...}]}}``.
+        quality: ``{model: {"variant", "profile", "rows": [{task, category, score, ...}]}}``
+            (rows carry "shard_scores" for ``unit="shard"``).
         baseline: variant name of the reference (m1: EOS-last pooling).
+        unit: what one pair is: "task" (default, as in the paper) or "shard".
 
     Returns:
-        Rows {model, variant, profile, baseline, category, ...paired_test fields}; category
-        "overall" pools every paired task.
+        Rows {model, variant, profile, baseline, category, unit, ...paired_test fields};
+        category "overall" pools every pair.
 
     Raises:
-        ToolchainError: no model of the baseline variant.
+        ToolchainError: no model of the baseline variant, an unknown unit, or shard pairs
+            asked of results without per-shard scores.
     """
+    if unit not in UNITS:
+        raise ToolchainError(f"unknown pairing unit {unit!r}; known: {', '.join(UNITS)}")
     bases = {e.get("profile"): m for m, e in quality.items() if e.get("variant") == baseline}
     if not bases:
         raise ToolchainError(f"no results for baseline variant {baseline!r}; have: "
@@ -100,15 +121,15 @@ def compare_models(quality: dict, baseline: str = "m1") -> list[dict]:
         base = bases.get(entry.get("profile")) or next(iter(bases.values()))
         if entry.get("variant") == baseline and base == model:
             continue
-        mine, ref = _scores(entry), _scores(quality[base])
+        mine, ref = _scores(model, entry, unit), _scores(base, quality[base], unit)
         common = sorted(set(mine) & set(ref))
-        categories = sorted({mine[t][0] for t in common})
+        categories = sorted({mine[k][0] for k in common})
         for category in categories + ["overall"]:
-            tasks = [t for t in common if category == "overall" or mine[t][0] == category]
-            deltas = [mine[t][1] - ref[t][1] for t in tasks]
+            keys = [k for k in common if category == "overall" or mine[k][0] == category]
+            deltas = [mine[k][1] - ref[k][1] for k in keys]
             rows.append({"model": model, "variant": entry.get("variant"),
                          "profile": entry.get("profile"), "baseline": base,
-                         "category": category, **paired_test(deltas)})
+                         "category": category, "unit": unit, **paired_test(deltas)})
     return rows
 
 
@@ -139,12 +160,13 @@ def load_quality(paths: list[str | Path]) -> dict:
 
 def format_comparison(rows: list[dict]) -> str:
     """A Markdown table of comparison rows."""
-    lines = ["| model | vs | category | n | mean delta | W | p | note |",
-             "|---|---|---|---|---|---|---|---|"]
+    lines = ["| model | vs | category | pairs | n | mean delta | W | p | note |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         stat = "-" if r["statistic"] is None else f"{r['statistic']:.1f}"
         p = "-" if r["p"] is None else f"{r['p']:.4f}" + (" *" if r["significant"] else "")
         delta = "-" if r["mean_delta"] is None else f"{r['mean_delta']:+.4f}"
-        lines.append(f"| {r['model']} | {r['baseline']} | {r['category']} | {r['n']} | {delta} "
-                     f"| {stat} | {p} | {r['note']} |")
+        lines.append(f"| {r['model']} | {r['baseline']} | {r['category']} "
+                     f"| {r.get('unit', 'task')}s | {r['n']} | {delta} | {stat} | {p} "
+                     f"| {r['note']} |")
     return "\n".join(lines)

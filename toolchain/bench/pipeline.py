@@ -127,6 +127,7 @@ class AllSettings:
     tasks: tuple[str, ...] | None = None
     limit: int | None = None
     quality: bool = True
+    shards: int = 1  # > 1: per-shard scores too (compare --unit shard)
 
 
 def run_all(preset: str, variants: Sequence[str], settings: AllSettings,
@@ -154,7 +155,8 @@ def run_all(preset: str, variants: Sequence[str], settings: AllSettings,
     if settings.quality:
         chosen = [a for a in artifacts if a.profile == settings.quality_profile]
         quality = evaluate_artifacts(chosen or artifacts, out_dir, settings.tasks,
-                                     settings.limit, lat.provider, lat.threads)["models"]
+                                     settings.limit, lat.provider, lat.threads,
+                                     settings.shards)["models"]
         comparison = compare_models(quality)
     report = {"preset": preset, "variants": list(variants),
               "created": time.strftime("%Y-%m-%d %H:%M:%S"),
@@ -163,7 +165,7 @@ def run_all(preset: str, variants: Sequence[str], settings: AllSettings,
                            "threads": lat.threads, "split_threads": lat.split_threads,
                            "provider": lat.provider,
                            "max_seconds": lat.max_seconds, "tasks": settings.tasks,
-                           "limit": settings.limit},
+                           "limit": settings.limit, "shards": settings.shards},
               **measured, "quality": quality, "compare": comparison, "budget": None}
     if budget is not None:
         violations = check_budget(budget, measured["latency"], measured["split"], quality,

@@ -6,6 +6,7 @@ A violated budget exits 1 after printing a violations table; bad input exits 2.
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -97,10 +98,12 @@ def latency_command(artifacts, grid, warmup, repeats, threads, provider, with_to
 @click.option("--tasks", default=None, help="comma-separated task names (default: whole suite)")
 @click.option("--limit", type=int, default=None, help="at most N examples per task")
 @click.option("--threads", type=int, default=None)
+@click.option("--shards", type=click.IntRange(min=1), default=1, show_default=True,
+              help="also score each task in N disjoint shards (for compare --unit shard)")
 @click.option("--out", type=click.Path(), default=None,
               help="output directory (default: runs/<preset>/bench beside the first artifact)")
 @click.option("--budget", "budget_file", type=click.Path(), default=None, help=BUDGET_HELP)
-def quality_command(artifacts, tasks, limit, threads, out, budget_file) -> None:
+def quality_command(artifacts, tasks, limit, threads, shards, out, budget_file) -> None:
     """Evaluate ARTIFACTS on the task suite via mteb: result files + quality.json summary."""
     from toolchain.bench.artifacts import inspect_artifact
     from toolchain.bench.budget import load_budget
@@ -110,7 +113,7 @@ def quality_command(artifacts, tasks, limit, threads, out, budget_file) -> None:
     found = [inspect_artifact(a) for a in artifacts]
     out_dir = Path(out) if out else found[0].path.parent.parent / "bench"
     names = [t.strip() for t in tasks.split(",") if t.strip()] if tasks else None
-    summary = evaluate_artifacts(found, out_dir, names, limit, threads=threads)
+    summary = evaluate_artifacts(found, out_dir, names, limit, threads=threads, shards=shards)
     click.echo(format_quality(summary["models"]))
     click.echo(f"wrote {out_dir / 'quality.json'}")
     if budget is not None:
@@ -137,11 +140,13 @@ def quality_command(artifacts, tasks, limit, threads, out, budget_file) -> None:
 @click.option("--limit", type=int, default=200, show_default=True,
               help="at most N examples per task (0: the whole suite)")
 @click.option("--quality/--no-quality", default=True, show_default=True)
+@click.option("--shards", type=click.IntRange(min=1), default=1, show_default=True,
+              help="also score each task in N disjoint shards (for compare --unit shard)")
 @click.option("--budget", "budget_file", type=click.Path(), default=None, help=BUDGET_HELP)
 @click.option("--out", type=click.Path(), default=None, help="default: runs/<preset>/bench")
 def all_command(preset, variants, grid, warmup, repeats, threads, max_seconds,
-                split_threads, profiles, quality_profile, tasks, limit, quality, budget_file,
-                out) -> None:
+                split_threads, profiles, quality_profile, tasks, limit, quality, shards,
+                budget_file, out) -> None:
     """Latency + cost split + quality + compare + report (+ budget) over a preset's variants."""
     from toolchain.bench.budget import format_violations, load_budget
     from toolchain.bench.pipeline import AllSettings, LatencySettings, run_all
@@ -153,7 +158,7 @@ def all_command(preset, variants, grid, warmup, repeats, threads, max_seconds,
         profiles=tuple(p.strip() for p in profiles.split(",") if p.strip()),
         quality_profile=quality_profile,
         tasks=tuple(t.strip() for t in tasks.split(",") if t.strip()) if tasks else None,
-        limit=limit or None, quality=quality)
+        limit=limit or None, quality=quality, shards=shards)
     report = run_all(preset, variants.split(), settings, budget, Path(out) if out else None)
     out_dir = Path(report["plots"][0]).parent
     click.echo((out_dir / "report.md").read_text())
@@ -165,24 +170,48 @@ def all_command(preset, variants, grid, warmup, repeats, threads, max_seconds,
 
 
 @click.command("compare", epilog="Examples:\n\n\b\n  poolattn compare --preset tiny-mistral\n"
-               "  poolattn compare runs/a/bench/quality.json runs/b/bench/quality.json")
+               "  poolattn compare runs/a/bench/quality.json runs/b/bench/quality.json\n"
+               "  poolattn compare --preset smollm2-135m-study --unit shard \\\n"
+               "      --paper benchmarks/study/paper_directions.yaml --markdown study.md")
 @click.argument("results", nargs=-1, type=click.Path())
 @click.option("--preset", default=None, help="use runs/<preset>/bench/quality.json")
 @click.option("--baseline", default="m1", show_default=True, help="reference variant")
+@click.option("--unit", type=click.Choice(["task", "shard"]), default="task", show_default=True,
+              help="one pair per task, or per shard (results of bench quality --shards K)")
+@click.option("--paper", type=click.Path(), default=None,
+              help="paper-directions YAML: also hold every delta against the paper's")
+@click.option("--markdown", "markdown_out", type=click.Path(), default=None,
+              help="with --paper: write scores, tests and agreement as Markdown here")
 @click.option("--json", "json_out", type=click.Path(), default=None, help="write rows as JSON")
-def compare_command(results, preset, baseline, json_out) -> None:
-    """Paired Wilcoxon signed-rank test of each variant vs the baseline across tasks, per
-    category and overall (mean delta, statistic, p, n)."""
+def compare_command(results, preset, baseline, unit, paper, markdown_out, json_out) -> None:
+    """Paired Wilcoxon signed-rank test of each variant vs the baseline across tasks (or
+    shards), per category and overall (mean delta, statistic, p, n)."""
+    from toolchain.atomic import write_text_atomic
     from toolchain.bench.compare import compare_models, format_comparison, load_quality
+    from toolchain.bench.directions import load_directions, study_markdown
     from toolchain.errors import ToolchainError
     from toolchain.paths import runs_dir
 
     if bool(results) == bool(preset):
         raise ToolchainError("give RESULTS files or --preset, not both and not neither")
+    if markdown_out and not paper:
+        raise ToolchainError("--markdown writes the study record: give --paper too")
+    directions = load_directions(paper) if paper else None  # fail fast on a bad file
     paths = list(results) or [runs_dir() / preset / "bench" / "quality.json"]
-    rows = compare_models(load_quality(paths), baseline)
+    quality = load_quality(paths)
+    rows = compare_models(quality, baseline, unit=unit)
     click.echo(format_comparison(rows))
     _write_json(json_out, rows)
+    if directions is not None:
+        if directions.baseline != baseline:
+            raise ToolchainError(f"{paper}: the paper's baseline is {directions.baseline!r}, "
+                                 f"not --baseline {baseline!r}")
+        where = ", ".join(os.path.relpath(p) for p in paths)  # a record should not name /home/...
+        text = study_markdown(quality, directions, where)
+        click.echo("\n" + text[text.index("## Against the paper"):])
+        if markdown_out:
+            write_text_atomic(Path(markdown_out), text)
+            click.echo(f"wrote {markdown_out}")
 
 
 COMMANDS = [bench_group, compare_command]

@@ -64,6 +64,9 @@ class MtebEncoder:
         self.instruction_for = instruction_for
         self.revision = revision
         self.texts_encoded = 0  # unique texts actually sent to the encoder (for timing reports)
+        # text (instruction included) -> unit embedding, across calls: a sharded task asks for
+        # the same corpus / train split once per shard, and the encoder is deterministic
+        self._cache: dict[str, np.ndarray] = {}
 
     @property
     def model_name(self) -> str:
@@ -81,18 +84,21 @@ class MtebEncoder:
 
     def encode(self, inputs, *, task_metadata, hf_split: str, hf_subset: str,
                prompt_type=None, **kwargs) -> np.ndarray:
-        """Embed every text of an mteb DataLoader; each unique text is encoded once."""
+        """Embed every text of an mteb DataLoader; each unique text is encoded once per
+        wrapper (later calls reuse earlier embeddings)."""
         texts = [text for batch in inputs for text in batch["text"]]
         kind = getattr(prompt_type, "value", prompt_type)
         instruction = None if kind == "document" else self.instruction_for(task_metadata)
         texts = [format_query(t, instruction) for t in texts]
-        unique = list(dict.fromkeys(texts))  # STS pairs repeat documents; encode each once
-        self.texts_encoded += len(unique)
-        emb = _normalise(_as_numpy(self.encoder.encode(unique)))
-        if emb.shape[0] != len(unique):
-            raise ValueError(f"encoder returned {emb.shape[0]} rows for {len(unique)} texts")
-        index = {t: i for i, t in enumerate(unique)}
-        return emb[[index[t] for t in texts]]
+        # STS pairs repeat documents, shards repeat corpora: encode each new text once
+        new = [t for t in dict.fromkeys(texts) if t not in self._cache]
+        if new:
+            self.texts_encoded += len(new)
+            emb = _normalise(_as_numpy(self.encoder.encode(new)))
+            if emb.shape[0] != len(new):
+                raise ValueError(f"encoder returned {emb.shape[0]} rows for {len(new)} texts")
+            self._cache.update(zip(new, emb))
+        return np.stack([self._cache[t] for t in texts])
 
     def similarity(self, embeddings1, embeddings2) -> np.ndarray:
         a, b = _normalise(_as_numpy(embeddings1)), _normalise(_as_numpy(embeddings2))

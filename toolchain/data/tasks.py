@@ -72,19 +72,22 @@ def list_tasks() -> list[TaskInfo]:
     return list(TASKS.values())
 
 
-def _offline_task(info: TaskInfo, data_dir: Path, limit: int | None):
+def _offline_task(info: TaskInfo, data_dir: Path, limit: int | None, shards: int = 1):
     from mteb.abstasks.task_metadata import TaskMetadata
 
-    from toolchain.data.task_loaders import LOADERS  # imports mteb: only when a task runs
+    # imports mteb: only when a task runs
+    from toolchain.data.task_loaders import LOADERS, shard_names
 
     base = LOADERS[info.category]
+    # one mteb subset per shard beside the whole set: mteb scores each on its own
+    langs = ["eng-Latn"] if shards == 1 else {s: ["eng-Latn"] for s in shard_names(shards)}
     metadata = TaskMetadata(
         name=info.name, description=info.description, prompt=info.instruction,
         dataset={"path": str(data_dir / "tasks" / info.name), "revision": "offline"},
         type=base.mteb_type, category=base.mteb_category, modalities=["text"],
-        eval_splits=["test"], eval_langs=["eng-Latn"], main_score=info.main_score)
+        eval_splits=["test"], eval_langs=langs, main_score=info.main_score)
     cls = type(info.name, (base,), {"metadata": metadata})
-    return cls(task_dir=data_dir / "tasks" / info.name, limit=limit)
+    return cls(task_dir=data_dir / "tasks" / info.name, limit=limit, shards=shards)
 
 
 def _real_tasks(names: list[str]) -> list:
@@ -117,14 +120,18 @@ def _real_tasks(names: list[str]) -> list:
 
 
 def resolve_tasks(task_names: list[str] | None = None, limit: int | None = None,
-                  data_dir: Path | None = None) -> list:
-    """mteb task objects: offline suite names first, anything else as a real MTEB name."""
+                  data_dir: Path | None = None, shards: int = 1) -> list:
+    """mteb task objects: offline suite names first, anything else as a real MTEB name.
+
+    ``shards`` splits each offline task's evaluation examples into disjoint mteb subsets;
+    real MTEB tasks keep their own subsets.
+    """
     from toolchain.data.build import default_data_dir
 
     data_dir = Path(data_dir) if data_dir is not None else default_data_dir()
     names = list(task_names) if task_names else list(TASKS)
     real = [n for n in names if n not in TASKS]
-    offline = {n: _offline_task(TASKS[n], data_dir, limit) for n in names if n in TASKS}
+    offline = {n: _offline_task(TASKS[n], data_dir, limit, shards) for n in names if n in TASKS}
     by_name = {**offline, **{t.metadata.name: t for t in (_real_tasks(real) if real else [])}}
     return [by_name[n] for n in names]
 
@@ -136,15 +143,17 @@ def _instruction_for(metadata) -> str | None:
     return prompt if isinstance(prompt, str) else (prompt or {}).get("query")
 
 
-def _main_score(task_result) -> float:
+def _subset_scores(task_result) -> dict[str, float]:
+    """Main score per mteb subset (our shards) of the test split, in mteb's order."""
     split = task_result.scores["test"] if "test" in task_result.scores else \
         next(iter(task_result.scores.values()))
-    return float(sum(s["main_score"] for s in split) / len(split))
+    return {s.get("hf_subset", "default"): float(s["main_score"]) for s in split}
 
 
 def evaluate(encoder: TextEncoder, task_names: list[str] | None = None,
              output_dir: Path | None = None, limit: int | None = None,
-             data_dir: Path | None = None, revision: str = "local") -> list[dict[str, Any]]:
+             data_dir: Path | None = None, revision: str = "local",
+             shards: int = 1) -> list[dict[str, Any]]:
     """Run tasks under mteb and return one row per task.
 
     Args:
@@ -155,30 +164,42 @@ def evaluate(encoder: TextEncoder, task_names: list[str] | None = None,
         limit: at most this many evaluation examples per offline task (quick CI runs).
         data_dir: the suite's root (default benchmarks/data).
         revision: recorded in mteb's result files.
+        shards: also split each offline task's evaluation examples into this many disjoint
+            shards, each scored on its own (default 1: the whole task only).
 
     Returns:
-        [{"task", "category", "main_score" (metric name), "score", "n" (examples)}].
+        [{"task", "category", "main_score" (metric name), "score", "n" (examples)}]; with
+        ``shards`` > 1 also "shard_scores" (one per shard, in shard order); "score" is the
+        whole task's either way (the mean over subsets for a real MTEB task with several).
 
     Raises:
         ToolchainError: missing suite files, unknown task, or a real task while the hub is down.
     """
     import mteb
 
-    tasks = resolve_tasks(task_names, limit, data_dir)
+    from toolchain.data.task_loaders import shard_names
+
+    tasks = resolve_tasks(task_names, limit, data_dir, shards)
     model = MtebEncoder(encoder, _instruction_for, revision=revision)
     cache = mteb.ResultCache(cache_path=str(output_dir)) if output_dir is not None else None
     quiet = {"batch_size": 64, "show_progress_bar": False}
     with scoring_threads_limited():
         result = mteb.evaluate(model, tasks, cache=cache, overwrite_strategy="always",
                                show_progress_bar=False, encode_kwargs=quiet)
-    scores = {r.task_name: _main_score(r) for r in result.task_results}
+    subsets = {r.task_name: _subset_scores(r) for r in result.task_results}
     rows = []
     for task in tasks:
         name = task.metadata.name
         info = TASKS.get(name)
-        rows.append({"task": name,
-                     "category": info.category if info else _CATEGORY_OF_TYPE.get(
-                         task.metadata.type, task.metadata.type.lower()),
-                     "main_score": task.metadata.main_score, "score": scores[name],
-                     "n": getattr(task, "n_examples", None)})
+        per_subset = subsets[name]
+        row = {"task": name,
+               "category": info.category if info else _CATEGORY_OF_TYPE.get(
+                   task.metadata.type, task.metadata.type.lower()),
+               "main_score": task.metadata.main_score,
+               "score": per_subset["default"] if "default" in per_subset else
+               sum(per_subset.values()) / len(per_subset),
+               "n": getattr(task, "n_examples", None)}
+        if info and shards > 1:
+            row["shard_scores"] = [per_subset[s] for s in shard_names(shards)[1:]]
+        rows.append(row)
     return rows

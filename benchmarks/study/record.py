@@ -1,0 +1,128 @@
+#!/usr/bin/env python
+"""Assemble a study's record from its run directories: settings, training losses, per-stage
+seconds, latency at one shape, then the paired tests against the paper (the Markdown that
+`poolattn compare --paper ... --markdown` wrote).
+
+    python benchmarks/study/record.py --preset smollm2-135m-study \
+        --out runs/smollm2-135m-study/bench/study_record.md
+
+Reads runs/<preset>/<variant>/{train_config.json, metrics.jsonl, merged/, onnx-fp32/} and
+runs/<preset>/bench/{report.json, study.md}; every number comes from those files.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT))
+
+from toolchain.atomic import read_manifest, write_text_atomic  # noqa: E402
+from toolchain.errors import ToolchainError  # noqa: E402
+from toolchain.paths import runs_dir  # noqa: E402
+from toolchain.train.rundir import read_metrics  # noqa: E402
+
+SETTINGS = ("steps", "batch_size", "negatives_per_query", "max_length", "lr", "warmup_steps",
+            "zero_stage", "precision", "temperature", "seed")
+
+
+def _json(path: Path) -> dict:
+    if not path.is_file():
+        raise ToolchainError(f"{path}: missing (run `make study` first)")
+    return json.loads(path.read_text())
+
+
+def training_rows(run: Path) -> dict:
+    """Losses and seconds of one variant's run."""
+    metrics = [m for m in read_metrics(run / "metrics.jsonl") if "loss" in m]
+    if not metrics:
+        raise ToolchainError(f"{run / 'metrics.jsonl'}: no training steps recorded")
+    losses = [m["loss"] for m in metrics]
+    k = min(3, len(losses))
+    return {"steps": len(losses), "first": losses[0], "last": losses[-1],
+            "first_mean": sum(losses[:k]) / k, "last_mean": sum(losses[-k:]) / k,
+            "candidates": metrics[-1].get("candidates"), "train_s": metrics[-1]["elapsed_s"]}
+
+
+def export_facts(run: Path) -> dict:
+    """Merge gate and export/verify facts of one variant, from the artifacts' manifests."""
+    merged = read_manifest(run / "merged", verify=False)
+    onnx = read_manifest(run / "onnx-fp32", verify=False)
+    verify = onnx["verify"]
+    return {"merge_min_cos": merged["merge"]["gate"]["merged_vs_adapter"]["min_cosine"],
+            "export_s": onnx["timings_s"]["export"], "verify": verify["passed"],
+            "parity_max_abs": max(verify["parity_texts"]["max_abs"],
+                                  verify["parity_random_shapes"]["max_abs"]),
+            "attention": verify["attention_probe"]["observed"]}
+
+
+def latency_at(report: dict, shape: str) -> dict[str, dict[str, float]]:
+    """{variant: {runtime/profile: p50 ms}} at one batch x length shape."""
+    out: dict[str, dict[str, float]] = {}
+    for row in report["latency"]:
+        if row["shape"] == shape:
+            variant, _, profile = row["model"].partition("/")
+            out.setdefault(variant, {})[profile] = row["p50_ms"]
+    return out
+
+
+def render(preset: str, variants: list[str], shape: str) -> str:
+    root = runs_dir() / preset
+    config = _json(root / variants[0] / "train_config.json")
+    train = {v: training_rows(root / v) for v in variants}
+    export = {v: export_facts(root / v) for v in variants}
+    report = _json(root / "bench" / "report.json")
+    quality = _json(root / "bench" / "quality.json")
+    study = root / "bench" / "study.md"
+    if not study.is_file():
+        raise ToolchainError(f"{study}: missing (poolattn compare --paper ... --markdown)")
+    latency = latency_at(report, shape)
+    seconds = {m["variant"]: m["seconds"] for m in quality["models"].values()}
+    settings = ", ".join(f"{k} {config[k]}" for k in SETTINGS if k in config)
+    lora = config.get("lora", {})
+    lines = [f"Preset `{preset}`: {settings}; LoRA r {lora.get('r')}, alpha {lora.get('alpha')}, "
+             f"dropout {lora.get('dropout')}; data {config.get('data')}.", "",
+             "## Training (InfoNCE loss per step; chance = ln(candidates))", "",
+             "| variant | steps | candidates | loss step 1 | loss last | mean first 3 | "
+             "mean last 3 | train s |", "|---|---|---|---|---|---|---|---|"]
+    for v, t in train.items():
+        lines.append(f"| {v} | {t['steps']} | {t['candidates']} | {t['first']:.3f} | "
+                     f"{t['last']:.3f} | {t['first_mean']:.3f} | {t['last_mean']:.3f} | "
+                     f"{t['train_s']:.0f} |")
+    lines += ["", f"## Merge, export, verify, quality seconds; latency p50 at {shape}", "",
+              "| variant | merge min cos | export s | verify | max abs diff | attention | "
+              f"quality s | ORT fp32 ms | torch ms |", "|---|---|---|---|---|---|---|---|---|"]
+    for v, e in export.items():
+        lat = latency.get(v, {})
+        ort, torch_ms = lat.get("onnx-fp32"), lat.get("merged")
+        lines.append(f"| {v} | {e['merge_min_cos']:.7f} | {e['export_s']:.0f} | "
+                     f"{'PASS' if e['verify'] else 'FAIL'} | {e['parity_max_abs']:.1e} | "
+                     f"{e['attention']} | {seconds.get(v, float('nan')):.0f} | "
+                     f"{'-' if ort is None else f'{ort:.1f}'} | "
+                     f"{'-' if torch_ms is None else f'{torch_ms:.1f}'} |")
+    lines += ["", study.read_text().rstrip()]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--preset", required=True)
+    p.add_argument("--variants", default="m1 m2 m3 m4 m5")
+    p.add_argument("--shape", default="8x128", help="latency shape to quote (batch x length)")
+    p.add_argument("--out", type=Path, required=True)
+    args = p.parse_args(argv)
+    try:
+        text = render(args.preset, args.variants.split(), args.shape)
+    except ToolchainError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    write_text_atomic(args.out, text)
+    print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

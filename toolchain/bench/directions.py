@@ -18,6 +18,7 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
+from toolchain.bench.compare import compare_models, format_comparison, min_attainable_p
 from toolchain.errors import ToolchainError
 from toolchain.yamlfile import read_yaml_mapping
 
@@ -121,7 +122,7 @@ def _ours_cell(row: dict | None) -> str:
     if row is None or row["mean_delta"] is None:
         return "-"
     p = f"p={row['p']:.3g}" + ("*" if row["significant"] else "") if row["p"] is not None \
-        else f"p>={2 / 2 ** row['n_nonzero']:.3g}" if row["n_nonzero"] else "p=-"
+        else f"p>={min_attainable_p(row['n_nonzero']):.3g}" if row["n_nonzero"] else "p=-"
     return f"{row['mean_delta']:+.4f} (n={row['n']}, {p})"
 
 
@@ -168,7 +169,6 @@ def study_markdown(quality: dict, paper: PaperDirections, source: str = "") -> s
         paper: the loaded directions file; its baseline is the comparison's baseline.
         source: where ``quality`` came from (quoted in the text).
     """
-    from toolchain.bench.compare import compare_models, format_comparison
     from toolchain.bench.quality import format_task_scores
 
     units = ["task"] + (["shard"] if has_shard_scores(quality) else [])

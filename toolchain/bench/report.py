@@ -5,9 +5,9 @@ family) and PNG plots, written atomically into runs/<preset>/bench/ (or any dire
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
+from toolchain.atomic import write_text_atomic
 from toolchain.bench.budget import format_violations
 from toolchain.bench.compare import format_comparison, paired_test
 from toolchain.bench.quality import format_quality
@@ -234,7 +234,5 @@ def write_report(report: dict, out_dir: str | Path) -> dict:
     report["plots"] = [str(p) for p in plots]
     for name, text in (("report.json", json.dumps(report, indent=2, default=str) + "\n"),
                        ("report.md", render_markdown(report))):
-        tmp = out_dir / f".{name}.tmp-{os.getpid()}"
-        tmp.write_text(text)
-        tmp.replace(out_dir / name)
+        write_text_atomic(out_dir / name, text)
     return report

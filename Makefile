@@ -10,7 +10,8 @@ ORT_EXTRA ?= cpu           # `make venv ORT_EXTRA=gpu` installs onnxruntime-gpu 
 PYTEST_ARGS ?=
 export OMP_NUM_THREADS ?= 2
 
-.PHONY: venv assets smollm2 test test-slow train export bench study clean-runs
+.PHONY: venv assets smollm2 test test-slow train export bench study study-variants study-baselines \
+        study-report train-data clean-runs
 
 venv: $(VENV)/.installed
 $(VENV)/.installed: pyproject.toml constraints.txt
@@ -55,17 +56,61 @@ bench: venv assets
 	$(BIN)/poolattn bench all --preset $(PRESET) --variants "$(VARIANTS)" --budget benchmarks/budgets/default.yaml
 
 # ---- the CPU mini-study: m1..m5 from real SmolLM2-135M weights, on 2 cores -------------------
-# Trains, exports (fp32), benches (latency + the suite at STUDY_LIMIT examples a task, each task
-# also in STUDY_SHARDS shards), tests every variant against m1 and the paper's directions, and
-# writes the record to runs/$(STUDY)/bench/study_record.md.
+# Restartable in parts: each variant is train -> merge -> export fp32 -> quality, each step a file
+# target that is skipped once built (a killed training run resumes from its last checkpoint), so
+# `make study VARIANTS="m1"` builds one variant alone and a later `make study` adds the others.
+# Then the baselines (untrained backbone with EOS and mean pooling, the MiniLM peer) are scored on
+# the same suite and shards, and study-report times every variant present, tests each against m1
+# and the baselines (shard-paired Wilcoxon) and the paper's directions, and writes the record to
+# runs/$(STUDY)/bench/study_record.md. Every part's seconds are in its run files.
 STUDY ?= smollm2-135m-study
 STUDY_SHARDS ?= 5
 STUDY_LIMIT ?= 100
-study: venv assets smollm2
-	$(MAKE) train export PRESET=$(STUDY) EXPORT_PROFILES=fp32
-	$(BIN)/poolattn bench all --preset $(STUDY) --variants "$(VARIANTS)" --profiles onnx-fp32,merged \
-	  --limit $(STUDY_LIMIT) --shards $(STUDY_SHARDS)
-	$(BIN)/poolattn compare --preset $(STUDY) --unit shard \
-	  --paper benchmarks/study/paper_directions.yaml --markdown runs/$(STUDY)/bench/study.md
-	$(BIN)/python benchmarks/study/record.py --preset $(STUDY) --variants "$(VARIANTS)" \
-	  --out runs/$(STUDY)/bench/study_record.md
+STUDY_BASELINES ?= untrained-eos untrained-mean minilm-peer
+SR := runs/$(STUDY)
+STUDY_QUALITY := --limit $(STUDY_LIMIT) --shards $(STUDY_SHARDS) --merge --out $(SR)/bench
+# where each baseline's artifact lives (toolchain/baselines.py)
+BASELINE_DIR = $(if $(filter minilm-peer,$(1)),$(SR)/$(1)/model,$(SR)/$(1)/merged)
+
+.SECONDARY:  # keep every intermediate artifact of the chain below
+
+study: study-variants study-baselines study-report
+
+study-variants: venv assets smollm2 train-data
+	$(MAKE) $(foreach v,$(VARIANTS),$(SR)/bench/.quality-$(v))
+
+study-baselines: venv assets smollm2
+	$(MAKE) $(foreach b,$(STUDY_BASELINES),$(SR)/bench/.quality-$(b))
+
+# the training sources beyond WordNet, built at run time into assets/train-data (licences)
+train-data: venv
+	@test -f assets/train-data/PROVENANCE.json || $(BIN)/poolattn data build-train
+
+$(SR)/%/final/manifest.json: presets/$(STUDY).yaml
+	$(BIN)/poolattn train --preset $(STUDY) --variant $* $(if $(wildcard $@),--no-resume)
+
+$(SR)/%/merged/manifest.json: $(SR)/%/final/manifest.json
+	$(BIN)/poolattn merge $(SR)/$*
+
+$(SR)/%/onnx-fp32/manifest.json: $(SR)/%/merged/manifest.json
+	$(BIN)/poolattn export $(SR)/$*/merged --profile fp32
+
+$(SR)/bench/.quality-m%: $(SR)/m%/onnx-fp32/manifest.json
+	$(BIN)/poolattn bench quality $(SR)/m$*/onnx-fp32 $(STUDY_QUALITY)
+	touch $@
+
+BASELINE_STAMPS := $(STUDY_BASELINES:%=$(SR)/bench/.quality-%)
+$(BASELINE_STAMPS): $(SR)/bench/.quality-%:
+	$(BIN)/poolattn baseline --preset $(STUDY) $*
+	$(BIN)/poolattn bench quality $(call BASELINE_DIR,$*) $(STUDY_QUALITY)
+	touch $@
+
+study-report: venv
+	present=$$(for v in m1 m2 m3 m4 m5; do test -f $(SR)/$$v/onnx-fp32/manifest.json && echo $$v; done | xargs); \
+	$(BIN)/poolattn bench all --preset $(STUDY) --variants "$$present" --profiles onnx-fp32,merged \
+	  --no-quality && \
+	$(BIN)/poolattn compare --preset $(STUDY) --unit shard --baseline m1 \
+	  $(foreach b,$(STUDY_BASELINES),--baseline $(b)) \
+	  --paper benchmarks/study/paper_directions.yaml --markdown $(SR)/bench/study.md && \
+	$(BIN)/python benchmarks/study/record.py --preset $(STUDY) --variants "$$present" \
+	  --out $(SR)/bench/study_record.md

@@ -178,7 +178,7 @@ def test_compare_models_per_category_and_overall():
     assert rows[("m5", "Clustering")]["p"] is None  # n = 3
     assert rows[("m5", "overall")]["n"] == 9
     assert rows[("m2", "overall")]["note"].startswith("all paired differences are zero")
-    with pytest.raises(ToolchainError, match="baseline variant 'm1'"):
+    with pytest.raises(ToolchainError, match="no results for baseline 'm1'"):
         compare_models({"m5/onnx-fp32": quality["m5/onnx-fp32"]})
 
 

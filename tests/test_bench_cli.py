@@ -48,7 +48,7 @@ def test_latency_on_ort_and_torch_with_split(runs, monkeypatch, tmp_path):
     assert [r["variant"] for r in data["split"]] == ["m4", "m4"]
     assert all(r["head_p50_ms"] > 0 for r in data["split"])
     assert {r["shape"] for r in data["analytic"]} == {"mistral-7b", "qwen2-0.5b"}
-    assert "| m4/onnx-fp32 | onnx | cpu | 1 | 2x16 |" in result.output
+    assert "| tiny-mistral/m4/onnx-fp32 | onnx | cpu | 1 | 2x16 |" in result.output
 
 
 def test_violated_budget_fails_with_table(runs, monkeypatch, tmp_path):
@@ -59,7 +59,7 @@ def test_violated_budget_fails_with_table(runs, monkeypatch, tmp_path):
                     monkeypatch, runs)
     assert result.exit_code == 1, result.output
     assert "violation(s)" in result.output
-    assert "| latency.max_p95_ms | m4/onnx-fp32 @ 2x16 |" in result.output
+    assert "| latency.max_p95_ms | tiny-mistral/m4/onnx-fp32 @ 2x16 |" in result.output
     assert "| head.max_added_ms | m4 @ 2x16 |" in result.output
     bad = tmp_path / "bad.yaml"
     bad.write_text("latency:\n  max_p95: {2x16: 1}\n")
@@ -77,7 +77,9 @@ def test_bench_all_writes_report_and_gates(runs, monkeypatch, tmp_path):
     bench = runs / "tiny-mistral" / "bench"
     report = json.loads((bench / "report.json").read_text())
     assert report["budget"]["passed"] is False
-    assert {r["model"] for r in report["latency"]} == {"m1/merged", "m4/onnx-fp32", "m4/merged"}
+    assert {r["model"] for r in report["latency"]} == {"tiny-mistral/m1/merged",
+                                                       "tiny-mistral/m4/onnx-fp32",
+                                                       "tiny-mistral/m4/merged"}
     assert {r["variant"] for r in report["split"]} == {"m1", "m4"}
     assert (bench / "latency_vs_length.png").read_bytes()[:4] == b"\x89PNG"
     assert "## Budget" in (bench / "report.md").read_text()
@@ -114,21 +116,56 @@ def test_quality_writes_mteb_results_summary_and_gates(runs, monkeypatch, tmp_pa
             str(floor)]
     result = invoke(args, monkeypatch, runs)
     assert result.exit_code == 1, result.output
-    assert "| quality.min_score | m4/onnx-fp32 sts |" in result.output
+    assert "| quality.min_score | tiny-mistral/m4/onnx-fp32 sts |" in result.output
     summary = json.loads((tmp_path / "q" / "quality.json").read_text())
-    rows = summary["models"]["m4/onnx-fp32"]["rows"]
+    rows = summary["models"]["tiny-mistral/m4/onnx-fp32"]["rows"]
     assert [(r["task"], r["category"]) for r in rows] == [("LeeDocumentSTS", "sts"),
                                                           ("BBCNewsClustering", "clustering")]
     assert all(-1 <= r["score"] <= 1 for r in rows)
-    mteb_dir = tmp_path / "q" / "quality" / "m4" / "onnx-fp32"
+    mteb_dir = tmp_path / "q" / "quality" / "tiny-mistral" / "m4" / "onnx-fp32"
     mteb_files = list(mteb_dir.rglob("LeeDocumentSTS.json"))
     assert len(mteb_files) == 1 and "scores" in json.loads(mteb_files[0].read_text())
+
+
+def test_bench_all_evaluates_baselines_beside_variants(runs, monkeypatch, tmp_path):
+    from toolchain.baselines import build_baseline
+
+    build_baseline("tiny-mistral", "untrained-mean",
+                   out=runs / "tiny-mistral" / "untrained-mean" / "merged", log=lambda *_: None)
+    floor = tmp_path / "floor.yaml"
+    floor.write_text("quality:\n  min_score: {sts: 1.5}\n")  # every model violates it
+    out = tmp_path / "bench"
+    args = ["bench", "all", "--preset", "tiny-mistral", "--variants", "m1 m4", "--grid", "1x8",
+            "--warmup", "0", "--repeats", "1", "--threads", "1", "--tasks", "LeeDocumentSTS",
+            "--limit", "20", "--out", str(out), "--budget", str(floor)]
+    missing = invoke(args + ["--baselines", "minilm-peer"], monkeypatch, runs)
+    assert missing.exit_code == 2 and "poolattn baseline --preset tiny-mistral" in missing.output
+    result = invoke(args, monkeypatch, runs)  # --baselines auto
+    assert result.exit_code == 1, result.output
+    report = json.loads((out / "report.json").read_text())
+    quality = report["quality"]
+    assert list(quality) == ["tiny-mistral/m1/merged", "tiny-mistral/m4/onnx-fp32",
+                             "tiny-mistral/untrained-mean/merged"]
+    assert quality["tiny-mistral/untrained-mean/merged"]["role"] == "untrained"
+    assert report["settings"]["baselines"] == ["untrained-mean"]
+    assert {(r["model"], r["baseline"]) for r in report["compare"]} == {
+        ("tiny-mistral/m4/onnx-fp32", "tiny-mistral/m1/merged"),
+        ("tiny-mistral/m1/merged", "tiny-mistral/untrained-mean/merged"),
+        ("tiny-mistral/m4/onnx-fp32", "tiny-mistral/untrained-mean/merged")}
+    # latency, budget and rollout advice hold the variants only
+    assert all("untrained" not in r["model"] for r in report["latency"])
+    assert all("untrained" not in v["subject"] for v in report["budget"]["violations"])
+    assert {v["variant"] for v in report["budget"]["violations"]} == {"m1", "m4"}
+    assert all(p["variant"] != "untrained-mean" for p in report["family_points"])
+    assert "vs m1 and the baselines" in (out / "report.md").read_text()
 
 
 @pytest.mark.parametrize("args,expected", [
     (["bench", "latency", "--help"], ["--grid", "--torch / --no-torch", "--budget", "Examples"]),
     (["bench", "all", "--help"], ["--preset", "--limit", "make bench"]),
-    (["compare", "--help"], ["Wilcoxon", "--preset", "--baseline"]),
+    (["compare", "--help"], ["Wilcoxon", "--preset", "--baseline", "--exclude-task", "--peer"]),
+    (["bench", "quality", "--help"], ["--label", "--merge", "--shards"]),
+    (["baseline", "--help"], ["--preset", "untrained-mean", "minilm-peer"]),
 ])
 def test_help_texts(args, expected):
     result = CliRunner().invoke(main, args)

@@ -17,7 +17,8 @@ from click.testing import CliRunner
 
 from toolchain.cli import main
 from toolchain.data import sources
-from toolchain.data.build import GENERATED, PROVENANCE, TRAIN_FILE, build_files, default_data_dir
+from toolchain.data.build import (GENERATED, LICENSE_FILES, PROVENANCE, TRAIN_FILE, build_files,
+                                  default_data_dir)
 from toolchain.errors import ToolchainError
 
 LIMIT = 12
@@ -64,7 +65,9 @@ def test_shipped_files_match_their_provenance():
         assert hashlib.sha256(data).hexdigest() == prov["files"][rel]["sha256"], rel
     assert prov["files"][TRAIN_FILE.as_posix()]["rows"] == prov["sizes"]["train_rows"]
     assert sum(f["bytes"] for f in prov["files"].values()) < 5 * 2**20  # "a few MB"
-    for name, source in sources.SOURCES.items():
+    assert set(prov["sources"]) == set(LICENSE_FILES)  # training-only sources stay out
+    for name in LICENSE_FILES:
+        source = sources.SOURCES[name]
         assert prov["sources"][name]["sha256"] == source.sha256
         assert prov["sources"][name]["license"]
 

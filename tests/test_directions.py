@@ -148,8 +148,11 @@ def test_study_record_reads_run_files_and_refuses_missing_ones(tmp_path, monkeyp
     assert rows["last_mean"] == pytest.approx(2.6) and rows["train_s"] == 50.0
     report = {"latency": [{"model": "m1/onnx-fp32", "shape": "8x128", "p50_ms": 5.0},
                           {"model": "m1/merged", "shape": "8x128", "p50_ms": 7.0},
-                          {"model": "m1/merged", "shape": "1x32", "p50_ms": 1.0}]}
-    assert record.latency_at(report, "8x128") == {"m1": {"onnx-fp32": 5.0, "merged": 7.0}}
+                          {"model": "m1/merged", "shape": "1x32", "p50_ms": 1.0},
+                          {"model": "p/m2/onnx-fp32", "variant": "m2", "profile": "onnx-fp32",
+                           "shape": "8x128", "p50_ms": 6.0}]}
+    assert record.latency_at(report, "8x128") == {"m1": {"onnx-fp32": 5.0, "merged": 7.0},
+                                                  "m2": {"onnx-fp32": 6.0}}
     monkeypatch.setenv("POOLATTN_RUNS", str(tmp_path))
     assert record.main(["--preset", "nothing", "--out", str(tmp_path / "r.md")]) == 2
     assert "run `make study` first" in capsys.readouterr().err

@@ -12,6 +12,7 @@ import yaml
 from click.testing import CliRunner
 
 from toolchain.cli import main
+from toolchain.cpu import cpu_has_bf16
 from toolchain.data.training import read_training_file
 from toolchain.errors import ToolchainError
 from toolchain.presets import load_preset, preset_dir
@@ -72,7 +73,8 @@ def test_ds_config_resolves_every_auto(stage, offload):
     assert "auto" not in json.dumps(resolved)
     assert resolved["train_batch_size"] == 4 * 3 * 2
     assert resolved["gradient_clipping"] == 0.5 and resolved["optimizer"]["params"]["lr"] == 3e-4
-    assert resolved["bf16"]["enabled"] is False  # auto precision on CPU = fp32
+    # auto precision on CPU: bf16 only where the CPU has bf16 units (detected, never assumed)
+    assert resolved["bf16"]["enabled"] is cpu_has_bf16()
     assert resolved["zero_optimization"]["stage"] == stage
     on_gpu = resolve_ds_config(config, world_size=1, micro_batch=1, micro_steps=1, hidden_size=64,
                                on_gpu=True)

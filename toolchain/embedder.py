@@ -21,6 +21,9 @@ from toolchain.errors import ToolchainError
 from toolchain.tokenization import TextTokenizer
 
 ARTIFACT_KIND = "onnx_artifact"
+MODEL_DIR_KIND = "embedding_model"
+# Other PyTorch model-dir kinds -> "module:function(path, device, threads) -> Embedder"
+MODEL_DIR_OPENERS = {"sentence_encoder": "toolchain.peer:open_peer_embedder"}
 TOKENIZER_DIR = "tokenizer"
 PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider"}
 
@@ -120,11 +123,23 @@ class Embedder:
     @classmethod
     def from_model_dir(cls, path: str | Path, device: str = "cpu",
                        threads: int | None = None) -> "Embedder":
-        """Open a merged model directory (`poolattn merge` output) with PyTorch."""
+        """Open a merged model directory (`poolattn merge` output, or a baseline built by
+        `poolattn baseline`) with PyTorch; other kinds in ``MODEL_DIR_OPENERS`` (the MiniLM
+        peer) open through their own loader."""
+        import importlib
+
         import torch
 
         from toolchain.modeling.model import load_embedding_model
 
+        kind = read_manifest(Path(path), verify=False).get("kind", MODEL_DIR_KIND)
+        if kind != MODEL_DIR_KIND:
+            if kind not in MODEL_DIR_OPENERS:
+                raise ToolchainError(f"{path}/manifest.json: kind {kind!r} is not a model "
+                                     f"directory ({MODEL_DIR_KIND}, "
+                                     f"{', '.join(MODEL_DIR_OPENERS)})")
+            module, _, function = MODEL_DIR_OPENERS[kind].partition(":")
+            return getattr(importlib.import_module(module), function)(path, device, threads)
         if threads:
             torch.set_num_threads(int(threads))
         model = load_embedding_model(path).to(device).eval()

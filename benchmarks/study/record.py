@@ -63,8 +63,9 @@ def latency_at(report: dict, shape: str) -> dict[str, dict[str, float]]:
     """{variant: {runtime/profile: p50 ms}} at one batch x length shape."""
     out: dict[str, dict[str, float]] = {}
     for row in report["latency"]:
-        if row["shape"] == shape:
-            variant, _, profile = row["model"].partition("/")
+        if row["shape"] == shape:  # labels: <variant>/<profile> or <preset>/<run>/<profile>
+            variant, profile = row["model"].split("/")[-2:]
+            variant, profile = row.get("variant", variant), row.get("profile", profile)
             out.setdefault(variant, {})[profile] = row["p50_ms"]
     return out
 
@@ -80,7 +81,8 @@ def render(preset: str, variants: list[str], shape: str) -> str:
     if not study.is_file():
         raise ToolchainError(f"{study}: missing (poolattn compare --paper ... --markdown)")
     latency = latency_at(report, shape)
-    seconds = {m["variant"]: m["seconds"] for m in quality["models"].values()}
+    seconds = {m["variant"]: m["seconds"] for m in quality["models"].values()
+               if m.get("role", "variant") == "variant"}
     settings = ", ".join(f"{k} {config[k]}" for k in SETTINGS if k in config)
     lora = config.get("lora", {})
     lines = [f"Preset `{preset}`: {settings}; LoRA r {lora.get('r')}, alpha {lora.get('alpha')}, "

@@ -1,12 +1,16 @@
-"""Find and open what gets benchmarked: exported ONNX artifacts and merged PyTorch model dirs.
+"""Find and open what gets benchmarked: exported ONNX artifacts, merged PyTorch model dirs and
+the quality baselines (``toolchain.baselines``).
 
-Layout (from `make export`): runs/<preset>/<variant>/{onnx-fp32, onnx-int8, merged}/, each with
-a manifest.json. Artifacts open through ``toolchain.embedder.Embedder``.
+Layout (from `make export`): runs/<preset>/<run>/{onnx-fp32, onnx-int8, merged}/, each with
+a manifest.json; <run> is a variant (m1..m5, or pooling+attention) or a baseline. An artifact's
+label is its run: ``<preset>/<run>/<profile>`` from the path, unless given explicitly.
+Artifacts open through ``toolchain.embedder.Embedder``.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import re
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Sequence
 
@@ -15,24 +19,78 @@ from toolchain.errors import ToolchainError
 from toolchain.paths import runs_dir
 
 PROFILE_DIRS = ("onnx-fp32", "onnx-int8", "merged")
+# manifest kind -> runtime, for directories that are neither *.onnx nor backbone/
+KIND_RUNTIMES = {"sentence_encoder": "torch"}
+LABEL_CHARS = re.compile(r"[^A-Za-z0-9._+=@-]+")
 
 
 @dataclass(frozen=True)
 class Artifact:
-    """A benchmarkable directory: ``runtime`` "onnx" or "torch"; ``label`` "m1/onnx-fp32"."""
+    """A benchmarkable directory: ``runtime`` "onnx" or "torch".
+
+    ``variant`` is the manifest's (m1..m5, pooling+attention, or a baseline's name), ``run``
+    the run directory's name, ``role`` "variant" for trained runs or the baseline's kind
+    ("untrained", "peer"); ``label`` "<preset>/<run>/<profile>" unless ``name`` is set.
+    """
 
     path: Path
     runtime: str
     variant: str
     profile: str
+    preset: str = ""
+    run: str = ""
+    role: str = "variant"
+    name: str | None = None
 
     @property
     def label(self) -> str:
-        return f"{self.variant}/{self.profile}"
+        return self.name or "/".join(p for p in (self.preset, self.run or self.variant,
+                                                 self.profile) if p)
+
+    def labelled(self, label: str) -> "Artifact":
+        """The same artifact under an explicit label (``--label``)."""
+        if not label.strip() or label != label.strip():
+            raise ToolchainError(f"{self.path}: label {label!r} must be a non-empty name "
+                                 f"without surrounding spaces")
+        return replace(self, name=label)
 
 
-def inspect_artifact(path: str | Path) -> Artifact:
+def result_dir(label: str) -> Path:
+    """Where a label's result files go below an output directory: one folder per label part,
+    unsafe characters replaced (``check_labels`` refuses two labels that land together)."""
+    parts = [LABEL_CHARS.sub("-", p).strip(".") or "-" for p in label.split("/") if p]
+    return Path(*parts) if parts else Path("-")
+
+
+def check_labels(artifacts: Sequence[Artifact],
+                 existing: dict[str, str] | None = None) -> None:
+    """Refuse, before anything is evaluated, two artifacts with one label (or one result
+    folder), and a label already in ``existing`` ({label: artifact path}) for another path.
+
+    Raises:
+        ToolchainError: naming both paths and how to tell them apart.
+    """
+    seen: dict[str, Artifact] = {}
+    folders: dict[Path, Artifact] = {}
+    for artifact in artifacts:
+        label = artifact.label
+        other = seen.get(label) or folders.get(result_dir(label))
+        if other is not None:
+            raise ToolchainError(f"label collision: {other.path} and {artifact.path} are both "
+                                 f"{other.label!r}" + (f" / {label!r}" if other.label != label
+                                                        else "")
+                                 + "; give each its own --label")
+        seen[label], folders[result_dir(label)] = artifact, artifact
+        before = (existing or {}).get(label)
+        if before is not None and Path(before).resolve() != artifact.path.resolve():
+            raise ToolchainError(f"label collision: {label!r} is already in the results for "
+                                 f"{before}, not {artifact.path}; give --label")
+
+
+def inspect_artifact(path: str | Path, label: str | None = None) -> Artifact:
     """Classify a directory from its manifest (sha256s checked) and contents.
+
+    The default label comes from the path runs/<preset>/<run>/<profile>.
 
     Raises:
         ToolchainError: not a directory, no/invalid manifest, or neither ONNX nor a model dir.
@@ -45,17 +103,28 @@ def inspect_artifact(path: str | Path) -> Artifact:
         runtime = "onnx"
     elif (path / "backbone").is_dir():
         runtime = "torch"
+    elif manifest.get("kind") in KIND_RUNTIMES:
+        runtime = KIND_RUNTIMES[manifest["kind"]]
     else:
         raise ToolchainError(f"{path}: neither an ONNX artifact (*.onnx) nor a model directory "
                              f"(backbone/)")
-    variant = manifest.get("variant") or path.parent.name
-    return Artifact(path, runtime, str(variant), path.name)
+    where = path.resolve()
+    variant = manifest.get("variant") or where.parent.name
+    baseline = manifest.get("baseline") if isinstance(manifest.get("baseline"), dict) else {}
+    artifact = Artifact(path, runtime, str(variant), path.name, preset=where.parent.parent.name,
+                        run=where.parent.name, role=str(baseline.get("kind", "variant")))
+    source = torch_source(artifact) if runtime == "onnx" and not baseline else None
+    if source is not None:  # an export of a baseline is a baseline too
+        origin = read_manifest(source, verify=False).get("baseline")
+        if isinstance(origin, dict):
+            artifact = replace(artifact, role=str(origin.get("kind", "variant")))
+    return artifact.labelled(label) if label is not None else artifact
 
 
 def torch_source(artifact: Artifact) -> Path | None:
     """The merged PyTorch model directory behind an artifact (itself for a model dir)."""
     if artifact.runtime == "torch":
-        return artifact.path
+        return artifact.path if (artifact.path / "backbone").is_dir() else None
     manifest = read_manifest(artifact.path, verify=False)
     source = manifest.get("source") if isinstance(manifest.get("source"), dict) else {}
     candidates = [artifact.path / source["model_dir_relative"]] if source.get(
@@ -70,8 +139,13 @@ def torch_source(artifact: Artifact) -> Path | None:
 
 
 def preset_artifacts(preset: str, variants: Sequence[str],
-                     profiles: Sequence[str] = PROFILE_DIRS) -> list[Artifact]:
-    """Every existing runs/<preset>/<variant>/<profile> directory, in variant then profile order.
+                     profiles: Sequence[str] = PROFILE_DIRS,
+                     required: bool = True) -> list[Artifact]:
+    """Every existing runs/<preset>/<run>/<profile> directory, in run then profile order.
+
+    Args:
+        variants: run directory names (variants, or baselines).
+        required: raise when nothing is found.
 
     Raises:
         ToolchainError: no artifacts at all (with the command that makes them).
@@ -82,7 +156,7 @@ def preset_artifacts(preset: str, variants: Sequence[str],
             path = runs_dir() / preset / variant / profile
             if (path / "manifest.json").is_file():
                 found.append(inspect_artifact(path))
-    if not found:
+    if not found and required:
         raise ToolchainError(f"no artifacts under {runs_dir() / preset} for variants "
                              f"{' '.join(variants)}; run `make train export PRESET={preset}`")
     return found

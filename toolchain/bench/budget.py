@@ -86,8 +86,10 @@ def load_budget(path: str | Path) -> Budget:
     return budget
 
 
-def _violation(check: str, subject: str, value: float, limit: float, unit: str) -> dict:
-    return {"check": check, "subject": subject, "value": value, "limit": limit, "unit": unit}
+def _violation(check: str, subject: str, value: float, limit: float, unit: str,
+               variant: str | None = None) -> dict:
+    return {"check": check, "subject": subject, "value": value, "limit": limit, "unit": unit,
+            "variant": variant}
 
 
 def _check_latency(spec: dict, rows: list[dict]) -> list[dict]:
@@ -101,7 +103,7 @@ def _check_latency(spec: dict, rows: list[dict]) -> list[dict]:
             continue
         if row["p95_ms"] > limit:
             out.append(_violation("latency.max_p95_ms", f"{row['model']} @ {row['shape']}",
-                                  row["p95_ms"], limit, "ms"))
+                                  row["p95_ms"], limit, "ms", row.get("variant")))
     return out
 
 
@@ -112,7 +114,7 @@ def _check_head(spec: dict, rows: list[dict]) -> list[dict]:
             limit = spec.get(f"max_{key}", {}).get(row["shape"])
             if limit is not None and row[key] > limit:
                 out.append(_violation(f"head.max_{key}", f"{row['variant']} @ {row['shape']}",
-                                      row[key], limit, unit))
+                                      row[key], limit, unit, row["variant"]))
     return out
 
 
@@ -126,7 +128,7 @@ def _check_analytic(spec: dict, variants: list) -> list[dict]:
                           sizes=[spec.get("size", "compact")])
     return [_violation("analytic.max_head_pct",
                        f"{r['variant']} {r['size']} head @ {r['shape']} T={r['seq_len']}",
-                       r["head_pct"], limits[r["shape"]], "% of backbone")
+                       r["head_pct"], limits[r["shape"]], "% of backbone", r["variant"])
             for r in rows if r["head_pct"] > limits[r["shape"]]]
 
 
@@ -143,7 +145,7 @@ def _check_quality(spec: dict, quality: dict) -> list[dict]:
             mean = sum(scores) / len(scores)
             if not math.isfinite(mean) or mean < limit:  # NaN: a broken model, never a pass
                 out.append(_violation("quality.min_score", f"{model} {category}", mean, limit,
-                                      "score"))
+                                      "score", entry.get("variant")))
     return out
 
 

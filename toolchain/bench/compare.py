@@ -1,4 +1,5 @@
-"""Paired Wilcoxon signed-rank tests of each variant against a baseline (m1) across tasks.
+"""Paired Wilcoxon signed-rank tests of each trained variant against a baseline (m1, or the
+untrained backbone and the MiniLM peer of ``toolchain.baselines``) across tasks.
 
 The pairs are per-task main scores of two models on the same tasks (as in the paper), or with
 ``unit="shard"`` per-shard scores (``poolattn bench quality --shards K``: each task's evaluation
@@ -92,40 +93,85 @@ def _scores(model: str, entry: dict, unit: str) -> dict[tuple, tuple[str, float]
     return out
 
 
-def compare_models(quality: dict, baseline: str = "m1", unit: str = "task") -> list[dict]:
-    """Test every model against the baseline variant with the same profile, per category and
-    overall.
+IN_DOMAIN_TASKS = ("WordNetDefinitionRetrieval",)  # the training data's domain (WordNet)
+EXCLUDED = "overall excl. in-domain"
+
+
+def _role(entry: dict) -> str:
+    return str(entry.get("role", "variant"))
+
+
+def baseline_entries(quality: dict, baseline: str) -> list[str]:
+    """Labels a baseline name stands for: a label itself, a run, or a variant name."""
+    if baseline in quality:
+        return [baseline]
+    return [m for m, e in quality.items()
+            if baseline in (e.get("run"), e.get("variant"))]
+
+
+def pick_base(entry: dict, candidates: list[str], quality: dict) -> str:
+    """The candidate closest to ``entry``: same preset and profile first, then same preset,
+    then same profile, then the first."""
+    def score(label: str) -> tuple[int, int]:
+        other = quality[label]
+        return (other.get("preset") == entry.get("preset"),
+                other.get("profile") == entry.get("profile"))
+    return max(candidates, key=score)  # max keeps the first of equal scores
+
+
+def _check_comparable(model: str, entry: dict, base: str, ref: dict, unit: str) -> None:
+    if "limit" in entry and "limit" in ref and entry["limit"] != ref["limit"]:
+        raise ToolchainError(f"{model} was evaluated at limit {entry['limit']}, {base} at "
+                             f"{ref['limit']}: their scores are not paired")
+    if unit == "shard" and "shards" in entry and "shards" in ref and \
+            entry["shards"] != ref["shards"]:
+        raise ToolchainError(f"{model} has {entry['shards']} shards a task, {base} "
+                             f"{ref['shards']}: shard pairs would not match")
+
+
+def compare_models(quality: dict, baseline: str = "m1", unit: str = "task",
+                   exclude_tasks: tuple[str, ...] | list[str] | None = None) -> list[dict]:
+    """Test every trained model against the baseline, per category and overall.
 
     Args:
-        quality: ``{model: {"variant", "profile", "rows": [{task, category, score, ...}]}}``
-            (rows carry "shard_scores" for ``unit="shard"``).
-        baseline: variant name of the reference (m1: EOS-last pooling).
+        quality: ``{label: {"variant", "profile", "rows": [{task, category, score, ...}]}}``
+            (rows carry "shard_scores" for ``unit="shard"``; "role" marks baselines, whose
+            entries are references only, never tested themselves).
+        baseline: a label, a run name (``untrained-mean``) or a variant name (``m1``); of
+            several matching entries each model gets the one of its own preset and profile.
         unit: what one pair is: "task" (default, as in the paper) or "shard".
+        exclude_tasks: when any of these tasks is in the results, also a category
+            ``EXCLUDED``: every pair except those of these tasks (the training domain).
 
     Returns:
         Rows {model, variant, profile, baseline, category, unit, ...paired_test fields};
         category "overall" pools every pair.
 
     Raises:
-        ToolchainError: no model of the baseline variant, an unknown unit, or shard pairs
-            asked of results without per-shard scores.
+        ToolchainError: no entry for the baseline, an unknown unit, results evaluated at
+            different limits, or shard pairs asked of results without per-shard scores.
     """
     if unit not in UNITS:
         raise ToolchainError(f"unknown pairing unit {unit!r}; known: {', '.join(UNITS)}")
-    bases = {e.get("profile"): m for m, e in quality.items() if e.get("variant") == baseline}
-    if not bases:
-        raise ToolchainError(f"no results for baseline variant {baseline!r}; have: "
-                             f"{', '.join(sorted(quality)) or 'none'}")
+    candidates = baseline_entries(quality, baseline)
+    if not candidates:
+        raise ToolchainError(f"no results for baseline {baseline!r} (a label, run or variant); "
+                             f"have: {', '.join(sorted(quality)) or 'none'}")
+    excluded = set(exclude_tasks or ())
     rows = []
     for model, entry in sorted(quality.items()):
-        base = bases.get(entry.get("profile")) or next(iter(bases.values()))
-        if entry.get("variant") == baseline and base == model:
+        if model in candidates or _role(entry) != "variant":
             continue
+        base = pick_base(entry, candidates, quality)
+        _check_comparable(model, entry, base, quality[base], unit)
         mine, ref = _scores(model, entry, unit), _scores(base, quality[base], unit)
         common = sorted(set(mine) & set(ref))
         categories = sorted({mine[k][0] for k in common})
-        for category in categories + ["overall"]:
-            keys = [k for k in common if category == "overall" or mine[k][0] == category]
+        groups = [(c, [k for k in common if mine[k][0] == c]) for c in categories]
+        groups.append(("overall", common))
+        if any(k[0] in excluded for k in common):  # else it would repeat "overall"
+            groups.append((EXCLUDED, [k for k in common if k[0] not in excluded]))
+        for category, keys in groups:
             deltas = [mine[k][1] - ref[k][1] for k in keys]
             rows.append({"model": model, "variant": entry.get("variant"),
                          "profile": entry.get("profile"), "baseline": base,
@@ -136,8 +182,12 @@ def compare_models(quality: dict, baseline: str = "m1", unit: str = "task") -> l
 def load_quality(paths: list[str | Path]) -> dict:
     """Merge quality summaries (``quality.json`` files, or directories holding one).
 
+    Each entry gets the file's ``limit`` and ``shards`` where it lacks them (so results of
+    different settings are not paired) and ``results_file``.
+
     Raises:
-        ToolchainError: missing file, invalid JSON, no "models" key, or a model in two files.
+        ToolchainError: missing file, invalid JSON, no "models" key, or one label in two
+            files (naming both files and artifacts).
     """
     merged: dict = {}
     for raw in paths:
@@ -153,8 +203,13 @@ def load_quality(paths: list[str | Path]) -> dict:
             raise ToolchainError(f"{path}: expected a quality summary with a 'models' mapping")
         for model, entry in data["models"].items():
             if model in merged:
-                raise ToolchainError(f"{path}: model {model!r} also in another results file")
-            merged[model] = entry
+                other = merged[model]
+                raise ToolchainError(
+                    f"label collision: {model!r} is in {other['results_file']} "
+                    f"({other.get('artifact', '?')}) and in {path} ({entry.get('artifact', '?')}); "
+                    f"evaluate one of them with `poolattn bench quality --label`")
+            merged[model] = {"limit": data.get("limit"), "shards": data.get("shards", 1),
+                             **entry, "results_file": str(path)}
     return merged
 
 

@@ -18,7 +18,7 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
-from toolchain.bench.compare import compare_models, format_comparison, min_attainable_p
+from toolchain.bench.compare import EXCLUDED, compare_models, format_comparison, min_attainable_p
 from toolchain.errors import ToolchainError
 from toolchain.yamlfile import read_yaml_mapping
 
@@ -107,6 +107,8 @@ def directions_table(rows_by_unit: dict[str, list[dict]], paper: PaperDirections
     ours: dict[tuple[str, str], dict[str, dict]] = {}
     for unit, rows in rows_by_unit.items():
         for row in rows:
+            if row["category"] == EXCLUDED:  # ours only: the paper has no such column
+                continue
             ours.setdefault((row["variant"], row["category"]), {})[unit] = row
     keys = set(ours) | {(v, c) for v, cells in paper.deltas.items() for c in cells}
     table = []
@@ -160,7 +162,8 @@ def has_shard_scores(quality: dict) -> bool:
     return all("shard_scores" in row for entry in quality.values() for row in entry["rows"])
 
 
-def study_markdown(quality: dict, paper: PaperDirections, source: str = "") -> str:
+def study_markdown(quality: dict, paper: PaperDirections, source: str = "",
+                   exclude_tasks: tuple[str, ...] = ()) -> str:
     """The study's record: per-task scores, paired tests by task (and by shard when the results
     have shard scores), and the agreement table against the paper.
 
@@ -168,11 +171,13 @@ def study_markdown(quality: dict, paper: PaperDirections, source: str = "") -> s
         quality: merged quality summaries (``load_quality``).
         paper: the loaded directions file; its baseline is the comparison's baseline.
         source: where ``quality`` came from (quoted in the text).
+        exclude_tasks: also test every variant without these (in-domain) tasks.
     """
     from toolchain.bench.quality import format_task_scores
 
     units = ["task"] + (["shard"] if has_shard_scores(quality) else [])
-    rows = {u: compare_models(quality, paper.baseline, unit=u) for u in units}
+    rows = {u: compare_models(quality, paper.baseline, unit=u, exclude_tasks=exclude_tasks)
+            for u in units}
     table = directions_table(rows, paper)
     out = [f"Results: {source or 'quality summaries'}. Paper: {paper.source} "
            f"({paper.path.as_posix() if paper.path else 'given'}).", "",

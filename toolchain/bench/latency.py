@@ -181,9 +181,12 @@ def matmul_peak_gflops(threads: int | None = None, size: int = 1024, repeats: in
 
 
 def machine_info() -> dict:
-    """CPU model, cores, OS, library versions and thread settings, stored with every result."""
+    """CPU model and flags, cores, OS, library versions and thread settings, stored with every
+    result."""
     import onnxruntime
     import torch
+
+    from toolchain.cpu import recorded_flags
 
     cpu = platform.processor() or platform.machine()
     try:
@@ -195,4 +198,4 @@ def machine_info() -> dict:
     return {"cpu": cpu, "cores": os.cpu_count(), "platform": platform.platform(),
             "python": platform.python_version(), "torch": torch.__version__,
             "onnxruntime": onnxruntime.__version__, "torch_threads": torch.get_num_threads(),
-            "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS")}
+            "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS"), "cpu_flags": recorded_flags()}

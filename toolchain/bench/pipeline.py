@@ -128,6 +128,38 @@ class AllSettings:
     limit: int | None = None
     quality: bool = True
     shards: int = 1  # > 1: per-shard scores too (compare --unit shard)
+    # quality baselines (toolchain.baselines) evaluated beside the variants: None = every
+    # registered one built under runs/<preset>/ (auto), () = none, else these names (required)
+    baselines: tuple[str, ...] | None = None
+    exclude_tasks: tuple[str, ...] = ("WordNetDefinitionRetrieval",)  # in-domain, for compare
+
+
+def quality_artifacts(preset: str, variants: Sequence[str], settings: AllSettings,
+                      timed: Sequence[Artifact]) -> list[Artifact]:
+    """One artifact per run for the quality suite: each variant's ``quality_profile`` (else its
+    first timed artifact), then each baseline's ``quality_profile`` (else its own profile).
+
+    Raises:
+        ToolchainError: a baseline named explicitly that has not been built.
+    """
+    from toolchain.baselines import existing_baselines, get_baseline
+
+    chosen = []
+    for variant in variants:
+        mine = [a for a in timed if a.run == variant]
+        best = [a for a in mine if a.profile == settings.quality_profile] or mine[:1]
+        chosen += best
+    names = settings.baselines
+    found = existing_baselines(preset, None if names is None else list(names))
+    missing = [n for n in (names or ()) if n not in found]
+    if missing:
+        raise ToolchainError(f"baseline(s) {', '.join(missing)} not built under "
+                             f"{runs_dir() / preset}; run `poolattn baseline --preset {preset} "
+                             f"{' '.join(missing)}`")
+    for name in found:
+        profiles = dict.fromkeys([settings.quality_profile, get_baseline(name).profile])
+        chosen += preset_artifacts(preset, [name], list(profiles))[:1]
+    return chosen
 
 
 def run_all(preset: str, variants: Sequence[str], settings: AllSettings,
@@ -137,8 +169,8 @@ def run_all(preset: str, variants: Sequence[str], settings: AllSettings,
     Returns:
         The report dict (also written to ``out_dir``, default runs/<preset>/bench/).
     """
-    from toolchain.bench.compare import compare_models
-    from toolchain.bench.quality import evaluate_artifacts
+    from toolchain.bench.against import compare_against
+    from toolchain.bench.quality import evaluate_artifacts, trained_only
     from toolchain.bench.report import write_report
 
     unknown = [v for v in variants if v not in VARIANTS]
@@ -153,11 +185,16 @@ def run_all(preset: str, variants: Sequence[str], settings: AllSettings,
     measured = run_latency(artifacts, lat)
     quality, comparison = None, []
     if settings.quality:
-        chosen = [a for a in artifacts if a.profile == settings.quality_profile]
-        quality = evaluate_artifacts(chosen or artifacts, out_dir, settings.tasks,
-                                     settings.limit, lat.provider, lat.threads,
-                                     settings.shards)["models"]
-        comparison = compare_models(quality)
+        quality = evaluate_artifacts(quality_artifacts(preset, variants, settings, artifacts),
+                                     out_dir, settings.tasks, settings.limit, lat.provider,
+                                     lat.threads, settings.shards)["models"]
+        references = ["m1"] + list(dict.fromkeys(
+            e["run"] for e in quality.values() if e["role"] != "variant"))
+        present = [b for b in references if any(e.get("run") == b or e["variant"] == b
+                                                for e in quality.values())]
+        comparison = [row for rows in compare_against(quality, present, "task",
+                                                      settings.exclude_tasks).values()
+                      for row in rows]
     report = {"preset": preset, "variants": list(variants),
               "created": time.strftime("%Y-%m-%d %H:%M:%S"),
               "machine": machine_info(), "matmul_peak": matmul_peak_gflops(lat.threads),
@@ -167,8 +204,11 @@ def run_all(preset: str, variants: Sequence[str], settings: AllSettings,
                            "max_seconds": lat.max_seconds, "tasks": settings.tasks,
                            "limit": settings.limit, "shards": settings.shards},
               **measured, "quality": quality, "compare": comparison, "budget": None}
-    if budget is not None:
-        violations = check_budget(budget, measured["latency"], measured["split"], quality,
+    report["settings"]["baselines"] = sorted({e["run"] for e in (quality or {}).values()
+                                              if e["role"] != "variant"})
+    if budget is not None:  # budgets hold the deployable variants, not the baselines
+        violations = check_budget(budget, measured["latency"], measured["split"],
+                                  trained_only(quality) if quality else None,
                                   [VARIANTS[v] for v in variants])
         report["budget"] = {"file": str(budget.path), "violations": violations,
                             "passed": not violations}

@@ -10,7 +10,7 @@ from pathlib import Path
 from toolchain.atomic import write_text_atomic
 from toolchain.bench.budget import format_violations
 from toolchain.bench.compare import format_comparison, paired_test
-from toolchain.bench.quality import format_quality
+from toolchain.bench.quality import format_quality, trained_only
 
 # The paper's trade-off splits along these families (Tang & Yang 2024): trainable multi-layer
 # pooling helped STS and retrieval significantly but hurt clustering and classification.
@@ -53,6 +53,7 @@ def family_points(quality: dict | None, split: list[dict],
     its FLOP share of a Mistral-7B backbone."""
     if not quality:
         return []
+    quality = trained_only(quality)  # baselines are references, not rollout candidates
     ref = reference_shape(split)
     cost = {r["variant"]: r for r in split if r["shape"] == ref}
     at_7b = mistral_7b_cost(analytic or [])
@@ -82,7 +83,7 @@ def family_points(quality: dict | None, split: list[dict],
 
 def recommend(points: list[dict], violations: list[dict]) -> dict[str, str]:
     """One sentence per family: roll out the best significant within-budget variant, or keep m1."""
-    over = {v["subject"].split()[0].split("/")[0] for v in violations}
+    over = {v.get("variant") or v["subject"].split()[0].split("/")[0] for v in violations}
     advice = {}
     for family in FAMILIES:
         rows = [p for p in points if p["family"] == family]
@@ -206,7 +207,8 @@ def render_markdown(report: dict) -> str:
     if report.get("quality"):
         sections.append(("Quality (mean main score per category)",
                          format_quality(report["quality"])))
-        sections.append(("Paired Wilcoxon signed-rank vs m1", format_comparison(report["compare"])))
+        sections.append(("Paired Wilcoxon signed-rank vs m1 and the baselines (one pair per "
+                         "task)", format_comparison(report["compare"])))
     for title, body in sections:
         out += ["", f"## {title}", "", body]
     out += ["", "## Plots", ""] + [f"![{Path(p).stem}]({Path(p).name})" for p in report["plots"]]

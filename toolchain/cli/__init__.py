@@ -32,7 +32,7 @@ def main() -> None:
 
 
 # Each module lists its click commands in COMMANDS; one module per stage.
-COMMAND_MODULES = ("core", "data", "train", "export", "bench", "plan")
+COMMAND_MODULES = ("core", "data", "train", "export", "bench", "baseline", "plan")
 
 
 def _register() -> None:

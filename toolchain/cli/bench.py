@@ -92,9 +92,16 @@ def latency_command(artifacts, grid, warmup, repeats, threads, provider, with_to
         _budget_gate(budget, latency=result["latency"], split=result["split"], variants=variants)
 
 
-@bench_group.command("quality", epilog="Example: poolattn bench quality "
-                     "runs/tiny-mistral/m1/onnx-fp32 runs/tiny-mistral/m5/onnx-fp32 --limit 50")
+@bench_group.command("quality", epilog="Examples:\n\n\b\n"
+                     "  poolattn bench quality runs/tiny-mistral/m1/onnx-fp32 "
+                     "runs/tiny-mistral/m5/onnx-fp32 --limit 50\n"
+                     "  poolattn bench quality runs/a/m1/merged runs/b/m1/merged "
+                     "--label a-m1 --label b-m1\n"
+                     "  poolattn bench quality runs/tiny-mistral/untrained-mean/merged --merge")
 @click.argument("artifacts", nargs=-1, required=True, type=click.Path())
+@click.option("--label", "labels", multiple=True,
+              help="name of each artifact's results, one per artifact in order "
+                   "(default: <preset>/<run>/<profile> from its path)")
 @click.option("--tasks", default=None, help="comma-separated task names (default: whole suite)")
 @click.option("--limit", type=int, default=None, help="at most N examples per task")
 @click.option("--threads", type=int, default=None)
@@ -102,22 +109,33 @@ def latency_command(artifacts, grid, warmup, repeats, threads, provider, with_to
               help="also score each task in N disjoint shards (for compare --unit shard)")
 @click.option("--out", type=click.Path(), default=None,
               help="output directory (default: runs/<preset>/bench beside the first artifact)")
+@click.option("--merge", is_flag=True,
+              help="keep the models already in OUT/quality.json (same tasks, limit, shards)")
 @click.option("--budget", "budget_file", type=click.Path(), default=None, help=BUDGET_HELP)
-def quality_command(artifacts, tasks, limit, threads, shards, out, budget_file) -> None:
-    """Evaluate ARTIFACTS on the task suite via mteb: result files + quality.json summary."""
+def quality_command(artifacts, labels, tasks, limit, threads, shards, out, merge,
+                    budget_file) -> None:
+    """Evaluate ARTIFACTS on the task suite via mteb: result files + quality.json summary.
+    Every label is checked for collisions before anything is evaluated; a budget holds the
+    trained variants only (baselines are references)."""
     from toolchain.bench.artifacts import inspect_artifact
     from toolchain.bench.budget import load_budget
-    from toolchain.bench.quality import evaluate_artifacts, format_quality
+    from toolchain.bench.quality import evaluate_artifacts, format_quality, trained_only
+    from toolchain.errors import ToolchainError
 
     budget = load_budget(budget_file) if budget_file else None
-    found = [inspect_artifact(a) for a in artifacts]
+    if labels and len(labels) != len(artifacts):
+        raise ToolchainError(f"{len(labels)} --label for {len(artifacts)} artifacts: give one "
+                             f"per artifact, in order")
+    found = [inspect_artifact(a, label) for a, label in
+             zip(artifacts, labels or [None] * len(artifacts))]
     out_dir = Path(out) if out else found[0].path.parent.parent / "bench"
     names = [t.strip() for t in tasks.split(",") if t.strip()] if tasks else None
-    summary = evaluate_artifacts(found, out_dir, names, limit, threads=threads, shards=shards)
+    summary = evaluate_artifacts(found, out_dir, names, limit, threads=threads, shards=shards,
+                                 merge=merge)
     click.echo(format_quality(summary["models"]))
     click.echo(f"wrote {out_dir / 'quality.json'}")
     if budget is not None:
-        _budget_gate(budget, quality=summary["models"])
+        _budget_gate(budget, quality=trained_only(summary["models"]))
 
 
 @bench_group.command("all", epilog="Example (what `make bench` runs):\n\n\b\n"
@@ -142,23 +160,35 @@ def quality_command(artifacts, tasks, limit, threads, shards, out, budget_file) 
 @click.option("--quality/--no-quality", default=True, show_default=True)
 @click.option("--shards", type=click.IntRange(min=1), default=1, show_default=True,
               help="also score each task in N disjoint shards (for compare --unit shard)")
+@click.option("--baselines", default="auto", show_default=True,
+              help="quality baselines evaluated beside the variants: auto (every one built "
+                   "by `poolattn baseline` under runs/<preset>/), none, or names "
+                   "(untrained-eos,untrained-mean,minilm-peer; required to exist)")
+@click.option("--exclude-task", "exclude_tasks", multiple=True,
+              default=("WordNetDefinitionRetrieval",), show_default=True,
+              help="in-domain task(s) left out of the 'overall excl. in-domain' test")
 @click.option("--budget", "budget_file", type=click.Path(), default=None, help=BUDGET_HELP)
 @click.option("--out", type=click.Path(), default=None, help="default: runs/<preset>/bench")
 def all_command(preset, variants, grid, warmup, repeats, threads, max_seconds,
                 split_threads, profiles, quality_profile, tasks, limit, quality, shards,
-                budget_file, out) -> None:
-    """Latency + cost split + quality + compare + report (+ budget) over a preset's variants."""
+                baselines, exclude_tasks, budget_file, out) -> None:
+    """Latency + cost split + quality + compare + report (+ budget) over a preset's variants;
+    quality also evaluates the baselines (latency and budget: variants only)."""
     from toolchain.bench.budget import format_violations, load_budget
     from toolchain.bench.pipeline import AllSettings, LatencySettings, run_all
 
     budget = load_budget(budget_file) if budget_file else None
+    chosen = {"auto": None, "none": ()}.get(baselines.strip())
+    if baselines.strip() not in ("auto", "none"):
+        chosen = tuple(b.strip() for b in baselines.replace(",", " ").split() if b.strip())
     settings = AllSettings(
         latency=LatencySettings(grid=grid, warmup=warmup, repeats=repeats, threads=threads,
                                 split_threads=split_threads or None, max_seconds=max_seconds),
         profiles=tuple(p.strip() for p in profiles.split(",") if p.strip()),
         quality_profile=quality_profile,
         tasks=tuple(t.strip() for t in tasks.split(",") if t.strip()) if tasks else None,
-        limit=limit or None, quality=quality, shards=shards)
+        limit=limit or None, quality=quality, shards=shards, baselines=chosen,
+        exclude_tasks=tuple(t for t in exclude_tasks if t != "none"))
     report = run_all(preset, variants.split(), settings, budget, Path(out) if out else None)
     out_dir = Path(report["plots"][0]).parent
     click.echo((out_dir / "report.md").read_text())
@@ -171,23 +201,37 @@ def all_command(preset, variants, grid, warmup, repeats, threads, max_seconds,
 
 @click.command("compare", epilog="Examples:\n\n\b\n  poolattn compare --preset tiny-mistral\n"
                "  poolattn compare runs/a/bench/quality.json runs/b/bench/quality.json\n"
-               "  poolattn compare --preset smollm2-135m-study --unit shard \\\n"
+               "  poolattn compare --preset smollm2-135m-study --unit shard --baseline m1 \\\n"
+               "      --baseline untrained-eos --baseline untrained-mean \\\n"
+               "      --baseline minilm-peer \\\n"
                "      --paper benchmarks/study/paper_directions.yaml --markdown study.md")
 @click.argument("results", nargs=-1, type=click.Path())
 @click.option("--preset", default=None, help="use runs/<preset>/bench/quality.json")
-@click.option("--baseline", default="m1", show_default=True, help="reference variant")
+@click.option("--baseline", "baselines", multiple=True, default=("m1",), show_default=True,
+              help="reference: a variant, a baseline run (untrained-mean) or a label; "
+                   "repeat for one table each")
 @click.option("--unit", type=click.Choice(["task", "shard"]), default="task", show_default=True,
               help="one pair per task, or per shard (results of bench quality --shards K)")
+@click.option("--exclude-task", "exclude_tasks", multiple=True,
+              default=("WordNetDefinitionRetrieval",), show_default=True,
+              help="in-domain task(s) left out of the 'overall excl. in-domain' row and mean "
+                   "(none: no such row)")
+@click.option("--peer", default=None,
+              help="label or run of the peer for the gap table (default: any result whose "
+                   "role is peer, e.g. minilm-peer)")
 @click.option("--paper", type=click.Path(), default=None,
               help="paper-directions YAML: also hold every delta against the paper's")
 @click.option("--markdown", "markdown_out", type=click.Path(), default=None,
               help="with --paper: write scores, tests and agreement as Markdown here")
 @click.option("--json", "json_out", type=click.Path(), default=None, help="write rows as JSON")
-def compare_command(results, preset, baseline, unit, paper, markdown_out, json_out) -> None:
-    """Paired Wilcoxon signed-rank test of each variant vs the baseline across tasks (or
-    shards), per category and overall (mean delta, statistic, p, n)."""
+def compare_command(results, preset, baselines, unit, exclude_tasks, peer, paper, markdown_out,
+                    json_out) -> None:
+    """Paired Wilcoxon signed-rank test of each trained variant vs each baseline across tasks
+    (or shards), per category, overall and overall without the in-domain task(s); mean scores;
+    per-task gaps to the MiniLM peer."""
     from toolchain.atomic import write_text_atomic
-    from toolchain.bench.compare import compare_models, format_comparison, load_quality
+    from toolchain.bench.against import against_markdown, compare_against
+    from toolchain.bench.compare import load_quality
     from toolchain.bench.directions import load_directions, study_markdown
     from toolchain.errors import ToolchainError
     from toolchain.paths import runs_dir
@@ -197,18 +241,25 @@ def compare_command(results, preset, baseline, unit, paper, markdown_out, json_o
     if markdown_out and not paper:
         raise ToolchainError("--markdown writes the study record: give --paper too")
     directions = load_directions(paper) if paper else None  # fail fast on a bad file
+    if directions is not None and directions.baseline not in baselines:
+        raise ToolchainError(f"{paper}: the paper's baseline is {directions.baseline!r}, "
+                             f"not among --baseline {', '.join(baselines)}")
+    exclude_tasks = tuple(t for t in exclude_tasks if t != "none")
     paths = list(results) or [runs_dir() / preset / "bench" / "quality.json"]
     quality = load_quality(paths)
-    rows = compare_models(quality, baseline, unit=unit)
-    click.echo(format_comparison(rows))
-    _write_json(json_out, rows)
+    rows = compare_against(quality, list(baselines), unit, exclude_tasks)  # fails fast too
+    click.echo(against_markdown(quality, list(baselines), [unit], exclude_tasks, peer))
+    _write_json(json_out, [row for per in rows.values() for row in per])
     if directions is not None:
-        if directions.baseline != baseline:
-            raise ToolchainError(f"{paper}: the paper's baseline is {directions.baseline!r}, "
-                                 f"not --baseline {baseline!r}")
+        from toolchain.bench.directions import has_shard_scores
+
         where = ", ".join(os.path.relpath(p) for p in paths)  # a record should not name /home/...
-        text = study_markdown(quality, directions, where)
+        text = study_markdown(quality, directions, where, tuple(exclude_tasks))
         click.echo("\n" + text[text.index("## Against the paper"):])
+        others = [b for b in baselines if b != directions.baseline]
+        units = ["task"] + (["shard"] if has_shard_scores(quality) else [])
+        text += "\n" + against_markdown(quality, others, units if others else [],
+                                        exclude_tasks, peer)
         if markdown_out:
             write_text_atomic(Path(markdown_out), text)
             click.echo(f"wrote {markdown_out}")

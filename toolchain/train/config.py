@@ -19,10 +19,11 @@ Schema (key names are a contract; presets for 7B models are written against them
       negatives_per_query: 1
       grad_clip: 1.0
       gradient_checkpointing: false
-      precision: auto          # auto (bf16 on GPU, fp32 on CPU) | bf16 | fp32
+      precision: auto          # auto (bf16 on GPU or a CPU with bf16 units, else fp32) | bf16 | fp32
       seed: 0
       save_every: 10
       lora: {r: 16, alpha: 32, dropout: 0.1}
+      mixture: null            # a list of sources replacing `data` (toolchain/train/mixture.py)
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from pathlib import Path
 from toolchain.errors import ToolchainError
 from toolchain.modeling.lora import LoraSettings
 from toolchain.paths import project_root
+from toolchain.train.mixture import MixtureSource, parse_mixture
 
 DEFAULT_DATA = "benchmarks/data/train/wordnet_train.jsonl"
 ZERO_STAGES = (2, 3)
@@ -63,10 +65,14 @@ class TrainConfig:
     seed: int = field(default=0, metadata={"help": "seed of head init, data order and dropout"})
     save_every: int = field(default=10, metadata={"help": "checkpoint every N steps (0 = only final)"})
     lora: LoraSettings = field(default_factory=LoraSettings, metadata={"help": "LoRA r/alpha/dropout"})
+    mixture: list[MixtureSource] | None = field(
+        default=None, metadata={"help": "training sources, one per batch (replaces data)"})
 
     def __post_init__(self) -> None:
         if isinstance(self.lora, dict):
             self.lora = _lora_from_dict(self.lora)
+        if self.mixture is not None:
+            self.mixture = parse_mixture(self.mixture, "train.mixture")
         if self.chunk_size == 0:  # the command line's way to say "no GradCache"
             self.chunk_size = None
         if self.zero_stage not in ZERO_STAGES:
@@ -106,7 +112,11 @@ class TrainConfig:
             raise ToolchainError(f"{where}: unknown key(s) {unknown}; known: {', '.join(known)}")
         values = {}
         for name, value in data.items():
-            values[name] = value if name == "lora" else _coerce(name, value, known[name].type, where)
+            if name == "mixture" and value is not None:
+                values[name] = parse_mixture(value, f"{where}: mixture")
+            else:
+                values[name] = value if name == "lora" else _coerce(name, value, known[name].type,
+                                                                    where)
         if "lora" in values and not isinstance(values["lora"], (dict, LoraSettings)):
             raise ToolchainError(f"{where}: lora must be a mapping {{r, alpha, dropout}}")
         try:
@@ -118,6 +128,8 @@ class TrainConfig:
         """A copy with the non-None overrides applied (CLI flags); validates again."""
         data = self.to_dict()
         data.update({k: v for k, v in overrides.items() if v is not None})
+        if overrides.get("data") is not None and overrides.get("mixture") is None:
+            data["mixture"] = None  # a data file on the command line replaces the mixture
         return TrainConfig.from_dict(data, where="command line")
 
     def to_dict(self) -> dict:
@@ -127,9 +139,19 @@ class TrainConfig:
         path = Path(self.data)
         return path if path.is_absolute() else project_root() / path
 
+    def sources(self) -> list[MixtureSource]:
+        """The mixture, or the single ``data`` file as a mixture of one."""
+        if self.mixture:
+            return list(self.mixture)
+        return [MixtureSource(name=Path(self.data).stem, data=str(self.data_path()),
+                              limit=self.data_limit, dedupe=False)]
+
     def resolved_precision(self, on_gpu: bool) -> str:
+        """``auto``: bf16 on a GPU or a CPU with native bf16 (AVX512-BF16 / AMX), else fp32."""
         if self.precision == "auto":
-            return "bf16" if on_gpu else "fp32"
+            from toolchain.cpu import cpu_has_bf16
+
+            return "bf16" if on_gpu or cpu_has_bf16() else "fp32"
         return self.precision
 
 

@@ -18,7 +18,6 @@ from pathlib import Path
 
 import torch
 
-from toolchain.data.training import read_training_file
 from toolchain.errors import ToolchainError
 from toolchain.modeling import build_embedding_model, resolve_variant
 from toolchain.modeling.backbone import ARCHITECTURES
@@ -27,7 +26,8 @@ from toolchain.paths import runs_dir
 from toolchain.presets import Preset, load_preset
 from toolchain.tokenization import TextTokenizer
 from toolchain.train import checkpoint as ckpt
-from toolchain.train.batches import Batch, BatchPlan
+from toolchain.train.batches import Batch
+from toolchain.train.mixture import MixturePlan, load_sources
 from toolchain.train.config import TrainConfig
 from toolchain.train.ds_config import ds_config_path, resolve_ds_config
 from toolchain.train.gradcache import backward_from_cache, embed_without_graph
@@ -95,14 +95,15 @@ class TrainRecipe:
 
         self.world_size = world_size or launched_world_size()
         self.run_dir = Path(run_dir) if run_dir else runs_dir() / self.preset.name / self.variant.name
-        self.rows, self.data_summary = read_training_file(config.data_path(), limit=config.data_limit)
-        BatchPlan(self.rows, config.batch_size, config.negatives_per_query, config.seed,
-                  0, self.world_size)  # raises on a batch that does not fit
+        self.sources = load_sources(config.sources())
+        MixturePlan(self.sources, config.batch_size, config.negatives_per_query, config.seed,
+                    0, self.world_size)  # raises on a batch that does not fit
         check_max_length(config.max_length, max_positions(self.preset), f"preset {self.preset.name}")
         ds_config_path(config)  # a stage/offload pair without a shipped file fails here
         self.record = {**config.to_dict(), "preset": self.preset.name, "variant": self.variant.name,
                        "pooling": self.variant.pooling, "attention": self.variant.attention,
-                       "world_size": self.world_size}
+                       "world_size": self.world_size,
+                       "source_rows": {s.name: len(rows) for s, rows in self.sources}}
         self.resume_plan: ResumePlan = plan_resume(self.run_dir, self.record, resume)
         self.losses: list[float] = []
 
@@ -122,6 +123,7 @@ class TrainRecipe:
         if world_size != self.world_size:
             raise ToolchainError(f"launcher started {world_size} ranks, expected {self.world_size}")
         on_gpu = self.device.type == "cuda"
+        self.precision = cfg.resolved_precision(on_gpu)
         model = build_embedding_model(self.preset, pooling=self.variant.pooling,
                                       attention=self.variant.attention, head_seed=cfg.seed)
         model.variant = self.variant
@@ -136,8 +138,8 @@ class TrainRecipe:
         apply_lora(model, cfg.lora)
         model.train()
         self.model = model
-        self.plan = BatchPlan(self.rows, cfg.batch_size, cfg.negatives_per_query, cfg.seed,
-                              self.rank, world_size)
+        self.plan = MixturePlan(self.sources, cfg.batch_size, cfg.negatives_per_query, cfg.seed,
+                                self.rank, world_size)
         micro_batch, micro_steps = self._micro_layout()
         self.ds_config = resolve_ds_config(cfg, world_size=world_size, micro_batch=micro_batch,
                                            micro_steps=micro_steps,
@@ -248,6 +250,8 @@ class TrainRecipe:
                    "tokens_per_s": result.tokens / seconds,
                    "elapsed_s": self.elapsed_before + time.perf_counter() - started,
                    "candidates": result.candidates,
+                   "source": self.plan.source_name(step * cfg.grad_accum),
+                   "precision": self.precision,
                    "grad_norm": None if norm is None else float(norm)}
             if rank0:
                 metrics.write(json.dumps(row) + "\n")

@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -16,7 +17,7 @@ import pytest
 from click.testing import CliRunner
 
 from toolchain.cli import main
-from toolchain.data import sources
+from toolchain.data import pyfaq, sources
 from toolchain.data.build import (GENERATED, LICENSE_FILES, PROVENANCE, TRAIN_FILE, build_files,
                                   default_data_dir)
 from toolchain.errors import ToolchainError
@@ -82,6 +83,54 @@ def test_wordnet_evaluation_is_disjoint_from_training():
     assert not seen & {d["text"] for d in corpus}
     assert not {r["query"] for r in train} & {q["text"] for q in queries}
     assert len({d["text"] for d in corpus}) == len(corpus)  # no duplicate (tying) definitions
+
+
+def test_python_faq_is_out_of_domain_and_disjoint_from_training():
+    from toolchain.data.pairs import normalise
+    from toolchain.data.train_sources import REGISTRY, default_train_dir
+
+    root = default_data_dir()
+    read = lambda path: [json.loads(l) for l in path.read_text().splitlines()]
+    task = root / "tasks" / "PythonFAQRetrieval"
+    corpus, queries, qrels = (read(task / f"{s}.jsonl") for s in ("corpus", "queries", "qrels"))
+    assert [r["query-id"] for r in qrels] == [q["id"] for q in queries]  # one answer each
+    assert {r["corpus-id"] for r in qrels} <= {d["id"] for d in corpus}
+    assert len({normalise(d["text"]) for d in corpus}) == len(corpus)  # no tying documents
+    assert all(len(d["text"].split()) <= pyfaq.ANSWER_WORDS for d in corpus)
+    assert not any(re.search(r"``|:\w+:`|\.\. \w+::", d["text"]) for d in corpus)  # plain text
+    assert all("python-doc" not in s.packages for s in REGISTRY.values())
+    # training rows: the shipped WordNet file and, where built, the run-time training sources
+    files = [root / TRAIN_FILE, *sorted(default_train_dir().glob("*.jsonl"))]
+    seen = {normalise(t) for f in files for r in read(f)
+            for t in (r["query"], r["positive"], *r["negatives"])}
+    assert not seen & {normalise(r["text"]) for r in corpus + queries}
+
+
+def test_python_faq_markup_is_stripped():
+    rst = """Core Language
+=============
+
+.. _faq-x:
+
+Why does ``x += 1`` fail in :func:`~os.path.join`?
+--------------------------------------------------
+
+See :pep:`8` and `the docs <https://x.y/>`_, **really**; *args stay.
+Example::
+
+   >>> not prose
+
+>>> also not prose
+
+* a :ref:`list item <faq-x>`
+
+.. note::
+   dropped
+"""
+    (_, _, _), (char, title, body) = pyfaq.sections(rst)
+    assert (char, pyfaq.inline(title)) == ("-", "Why does x += 1 fail in join?")
+    assert pyfaq.plain_text(body) == ("See PEP 8 and the docs, really; *args stay. Example: "
+                                      "a list item")
 
 
 def test_source_pins_are_enforced(monkeypatch):

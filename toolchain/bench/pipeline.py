@@ -188,6 +188,11 @@ def run_all(preset: str, variants: Sequence[str], settings: AllSettings,
         quality = evaluate_artifacts(quality_artifacts(preset, variants, settings, artifacts),
                                      out_dir, settings.tasks, settings.limit, lat.provider,
                                      lat.threads, settings.shards)["models"]
+    elif (out_dir / "quality.json").is_file():  # scored earlier (bench quality --merge, in parts)
+        from toolchain.bench.compare import load_quality
+
+        quality = load_quality([out_dir / "quality.json"])
+    if quality:
         references = ["m1"] + list(dict.fromkeys(
             e["run"] for e in quality.values() if e["role"] != "variant"))
         present = [b for b in references if any(e.get("run") == b or e["variant"] == b

@@ -157,7 +157,9 @@ def quality_command(artifacts, labels, tasks, limit, threads, shards, out, merge
 @click.option("--tasks", default=None, help="comma-separated task names (default: whole suite)")
 @click.option("--limit", type=int, default=200, show_default=True,
               help="at most N examples per task (0: the whole suite)")
-@click.option("--quality/--no-quality", default=True, show_default=True)
+@click.option("--quality/--no-quality", default=True, show_default=True,
+              help="--no-quality: no evaluation; the report uses the output directory's "
+                   "quality.json when there is one (scored in parts by bench quality --merge)")
 @click.option("--shards", type=click.IntRange(min=1), default=1, show_default=True,
               help="also score each task in N disjoint shards (for compare --unit shard)")
 @click.option("--baselines", default="auto", show_default=True,

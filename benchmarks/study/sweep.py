@@ -23,6 +23,7 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
 from toolchain.atomic import write_text_atomic  # noqa: E402
+from toolchain.baselines import get_baseline  # noqa: E402
 from toolchain.bench.quality import category_means  # noqa: E402
 from toolchain.paths import runs_dir  # noqa: E402
 from toolchain.train.rundir import read_metrics  # noqa: E402
@@ -111,7 +112,7 @@ def main(argv: list[str] | None = None) -> int:
         (bench / "quality.json").is_file() else {}
     for name in baselines:
         if f"baseline/{name}" not in scored:
-            folder = "model" if name == "minilm-peer" else "merged"
+            folder = get_baseline(name).profile  # merged/ or model/: the registry says
             poolattn("bench", "quality", str(runs_dir() / args.preset / name / folder), "--label",
                      f"baseline/{name}", "--limit", str(args.limit), "--shards", str(args.shards),
                      "--merge", "--out", str(bench))

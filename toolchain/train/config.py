@@ -112,11 +112,9 @@ class TrainConfig:
             raise ToolchainError(f"{where}: unknown key(s) {unknown}; known: {', '.join(known)}")
         values = {}
         for name, value in data.items():
-            if name == "mixture" and value is not None:
-                values[name] = parse_mixture(value, f"{where}: mixture")
-            else:
-                values[name] = value if name == "lora" else _coerce(name, value, known[name].type,
-                                                                    where)
+            # lora and mixture are validated in __post_init__ (errors get ``where`` below)
+            values[name] = value if name in ("lora", "mixture") else _coerce(
+                name, value, known[name].type, where)
         if "lora" in values and not isinstance(values["lora"], (dict, LoraSettings)):
             raise ToolchainError(f"{where}: lora must be a mapping {{r, alpha, dropout}}")
         try:

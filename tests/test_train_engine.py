@@ -106,3 +106,65 @@ def test_gradcache_equals_plain_big_batch_step(data, tmp_path, zero):
     assert any(g.abs().sum() > 0 for n, g in plain_grads.items() if "lora_B" in n)
     for name, grad in plain_grads.items():
         assert torch.allclose(cached_grads[name], grad, atol=1e-6, rtol=1e-4), name
+
+
+def test_length_grouping_changes_padding_not_the_step(data, tmp_path):
+    """Grouping a step's texts by length only changes how they are cut into forward passes:
+    the loss and every gradient equal the one-padded-batch step's."""
+    results = []
+    for group_rows in (None, 5):
+        recipe = _recipe(data, tmp_path / f"run{group_rows}", variant="m5", lora=0.0,
+                         group_rows=group_rows)
+        chunked = recipe._tokenize(recipe.plan.batch(0))
+        results.append((recipe.accumulate(0), _full_grads(recipe), chunked))
+    (plain, plain_grads, plain_chunks), (grouped, grouped_grads, grouped_chunks) = results
+    assert len(plain_chunks.chunks) == 1 < len(grouped_chunks.chunks)
+    assert plain.tokens == grouped.tokens  # (texts this short pad more once widths are rounded)
+    assert abs(plain.loss - grouped.loss) < 1e-5
+    for name, grad in plain_grads.items():
+        assert torch.allclose(grouped_grads[name], grad, atol=1e-6, rtol=1e-4), name
+
+
+def test_bf16_loss_tracks_fp32_over_50_steps(data, tmp_path):
+    """DeepSpeed bf16 (bf16 weights and activations, fp32 master weights) follows the fp32 loss
+    curve: the mean of every 10-step window within 0.15 (about 5 % of the starting loss)."""
+    curves = {}
+    for precision in ("fp32", "bf16"):
+        recipe = _recipe(data, tmp_path / precision, variant="m5", steps=50, save_every=0,
+                         precision=precision, lora=0.0)
+        curves[precision] = torch.tensor(recipe.train())
+        rows = read_metrics(tmp_path / precision / "metrics.jsonl")
+        assert {row["precision"] for row in rows} == {precision}
+        assert all(0 <= row["padding_fraction"] < 1 and row["peak_rss_mb"] > 0 for row in rows)
+    fp32, bf16 = curves["fp32"], curves["bf16"]
+    assert fp32[-10:].mean() < fp32[:10].mean() - 0.5  # a curve worth tracking
+    assert not torch.equal(fp32, bf16)  # bf16 really ran in bf16
+    windows = (fp32 - bf16).reshape(5, 10).mean(dim=1).abs()
+    assert windows.max() < 0.15, windows
+
+
+def test_packed_bits_dropout_keeps_nine_in_ten_and_replays():
+    """The LoRA dropout's masks: keep rate 1 - p, kept values scaled by 1 / (1 - p), the same
+    mask under the same RNG state (what GradCache's replay and exact resume rely on)."""
+    from toolchain.modeling.dropout import PackedBitsDropout
+
+    layer = PackedBitsDropout(0.1).train()
+    x = torch.ones(1001, 513)  # an odd size: the mask is cut from 64-bit words
+    torch.manual_seed(3)
+    first = layer(x)
+    torch.manual_seed(3)
+    assert torch.equal(layer(x), first)
+    kept = first != 0
+    assert abs(kept.float().mean().item() - 0.9) < 0.002
+    assert torch.allclose(first[kept], torch.full_like(first[kept], 1 / 0.9))
+    assert torch.equal(layer.eval()(x), x)
+
+
+def test_head_learns_at_its_own_rate(data, tmp_path):
+    """head_lr puts the head's parameter groups at their own peak rate; LoRA keeps lr."""
+    recipe = _recipe(data, tmp_path / "run", variant="m5", head_lr=1e-2)
+    rates = recipe.engine.get_lr()
+    assert len(set(rates)) == 2 and max(rates) / min(rates) == pytest.approx(1e-2 / 2e-3)
+    step = recipe.accumulate(0)
+    recipe.engine.step()
+    assert step.loss > 0

@@ -43,19 +43,25 @@ def _losses(run_dir: Path) -> list[float]:
     return [m["loss"] for m in read_metrics(run_dir / "metrics.jsonl")]
 
 
-def test_two_ranks_zero2_match_one_rank(tmp_path, data):
+# bf16 rounds differently when a rank embeds half the texts (other GEMM shapes): looser bound.
+RANK_TOLERANCE = {"fp32": dict(rtol=1e-4, atol=1e-5), "bf16": dict(rtol=2e-2, atol=2e-2)}
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_two_ranks_zero2_match_one_rank(tmp_path, data, precision):
     """Without dropout, 2 ranks x 4 queries with gathered candidates follow the same loss curve
     as 1 rank x 8 queries: the gather carries gradient to the other rank's embeddings."""
     preset = make_preset(tmp_path, lora={"r": 16, "alpha": 32, "dropout": 0.0})
-    one = _train(preset, data, tmp_path / "one", "--variant", "m5", "--zero", "2")
-    two = _train(preset, data, tmp_path / "two", "--variant", "m5", "--zero", "2", "--nproc", "2")
+    common = ("--variant", "m5", "--zero", "2", "--precision", precision)
+    one = _train(preset, data, tmp_path / "one", *common)
+    two = _train(preset, data, tmp_path / "two", *common, "--nproc", "2")
     assert one.returncode == 0, one.stderr[-3000:]
     assert two.returncode == 0, two.stderr[-3000:]
     metrics = read_metrics(tmp_path / "two" / "metrics.jsonl")
     # logits width: both ranks' 4 positives + 4 negatives = world * local candidates
-    assert all(m["candidates"] == 2 * (4 + 4) for m in metrics)
+    assert all(m["candidates"] == 2 * (4 + 4) and m["precision"] == precision for m in metrics)
     assert torch.allclose(torch.tensor(_losses(tmp_path / "two")), torch.tensor(_losses(tmp_path / "one")),
-                          rtol=1e-4, atol=1e-5)
+                          **RANK_TOLERANCE[precision])
     assert _losses(tmp_path / "two")[-1] < _losses(tmp_path / "two")[0] - 0.3
     assert two.stdout.count("trained 6 steps") == 1  # rank 0 reports, once
 
@@ -85,9 +91,10 @@ def _contrastive_loss(model, data: Path, rows: int = 32) -> float:
                           embed([r.negatives[0] for r in rows_])).loss)
 
 
-@pytest.mark.parametrize("zero", [2, pytest.param(3, marks=pytest.mark.slow)])
-def test_sigkill_then_resume_reproduces_uninterrupted_losses(tmp_path, data, zero):
-    common = ("--variant", "m4", "--zero", str(zero), "--chunk-size", "8")
+@pytest.mark.parametrize("zero,precision", [(2, "fp32"), (2, "bf16"),
+                                            pytest.param(3, "fp32", marks=pytest.mark.slow)])
+def test_sigkill_then_resume_reproduces_uninterrupted_losses(tmp_path, data, zero, precision):
+    common = ("--variant", "m4", "--zero", str(zero), "--chunk-size", "8", "--precision", precision)
     reference = _train("tiny-mistral", data, tmp_path / "reference", *common)
     assert reference.returncode == 0, reference.stderr[-3000:]
     killed = _train("tiny-mistral", data, tmp_path / "resumed", *common, env={KILL_ENV: "4"})

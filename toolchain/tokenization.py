@@ -60,8 +60,15 @@ class TextTokenizer:
             raise ToolchainError("expected a list of texts, got a single string")
         if len(texts) == 0:
             raise ToolchainError("empty text list: nothing to embed")
-        rows = [self.token_ids(text, i) for i, text in enumerate(texts)]
-        width = max(len(r) for r in rows)
+        return self.pad([self.token_ids(text, i) for i, text in enumerate(texts)])
+
+    def pad(self, rows: Sequence[Sequence[int]], width: int | None = None) -> dict[str, torch.Tensor]:
+        """Pad token-id rows (from ``token_ids``) to ``width`` (default: the longest row)
+        -> {"input_ids", "attention_mask"} (B, width) int64."""
+        longest = max(len(r) for r in rows)
+        if width is not None and width < longest:
+            raise ToolchainError(f"pad width {width} is shorter than the longest row ({longest})")
+        width = width or longest
         input_ids = torch.full((len(rows), width), self.pad_token_id, dtype=torch.int64)
         attention_mask = torch.zeros((len(rows), width), dtype=torch.int64)
         for i, row in enumerate(rows):

@@ -23,7 +23,8 @@ OVERRIDES = {"data": "data", "data_limit": "data_limit", "zero": "zero_stage", "
              "max_length": "max_length", "lr": "lr", "warmup": "warmup_steps", "seed": "seed",
              "save_every": "save_every", "gradient_checkpointing": "gradient_checkpointing",
              "precision": "precision", "temperature": "temperature",
-             "negatives": "negatives_per_query", "weight_decay": "weight_decay"}
+             "negatives": "negatives_per_query", "weight_decay": "weight_decay",
+             "group_rows": "group_rows", "head_lr": "head_lr"}
 
 
 @click.command("train", epilog=EPILOG)
@@ -42,6 +43,7 @@ OVERRIDES = {"data": "data", "data_limit": "data_limit", "zero": "zero_stage", "
 @click.option("--grad-accum", type=int, default=None, help="contrastive batches per step")
 @click.option("--max-length", type=int, default=None, help="tokens per text, EOS included")
 @click.option("--lr", type=float, default=None, help="peak learning rate")
+@click.option("--head-lr", type=float, default=None, help="peak learning rate of the pooling head")
 @click.option("--warmup", type=int, default=None, help="linear warm-up steps")
 @click.option("--seed", type=int, default=None, help="seed (head init, data order, dropout)")
 @click.option("--save-every", type=int, default=None, help="checkpoint every N steps")
@@ -49,6 +51,8 @@ OVERRIDES = {"data": "data", "data_limit": "data_limit", "zero": "zero_stage", "
               help="recompute activations in backward")
 @click.option("--precision", type=click.Choice(["auto", "bf16", "fp32"]), default=None,
               help="auto: bf16 on a GPU or a CPU with bf16 units (AMX / AVX512-BF16), else fp32")
+@click.option("--group-rows", type=int, default=None,
+              help="texts per forward pass, sorted by length; 0 = one padded pass")
 @click.option("--temperature", type=float, default=None, help="InfoNCE temperature on cosine")
 @click.option("--negatives", type=int, default=None, help="hard negatives per query")
 @click.option("--weight-decay", type=float, default=None, help="AdamW weight decay (matrices)")

@@ -18,6 +18,7 @@ import torch
 from safetensors.torch import load_file
 
 from toolchain.errors import ToolchainError
+from toolchain.modeling.dropout import use_packed_bits_dropout
 from toolchain.modeling.model import EmbeddingModel, build_embedding_model, save_head
 from toolchain.modeling.pooling import HeadConfig
 from toolchain.presets import Preset, load_preset
@@ -43,6 +44,7 @@ def apply_lora(model: EmbeddingModel, settings: LoraSettings) -> EmbeddingModel:
     config = LoraConfig(r=settings.r, lora_alpha=settings.alpha, lora_dropout=settings.dropout,
                         target_modules=list(settings.target_modules), bias="none")
     model.backbone = get_peft_model(model.backbone, config)
+    use_packed_bits_dropout(model.backbone)
     for p in model.head.parameters():
         p.requires_grad_(True)
     return model

@@ -10,9 +10,12 @@ Schema (key names are a contract; presets for 7B models are written against them
       steps: 30
       warmup_steps: 3
       lr: 1.0e-3
+      head_lr: null            # the pooling head's peak learning rate; null = lr
       weight_decay: 0.01
       batch_size: 16           # contrastive batch: queries across ALL ranks per micro-step
       chunk_size: null         # GradCache sub-batch (texts per re-forward); null/0 = no GradCache
+      group_rows: 16           # texts per forward pass, sorted by length (less padding); null/0 = one
+                               # padded pass over the whole batch
       grad_accum: 1            # contrastive batches per optimizer step (adds no negatives)
       max_length: 64
       temperature: 0.05
@@ -52,9 +55,13 @@ class TrainConfig:
     steps: int = field(default=30, metadata={"help": "optimizer steps"})
     warmup_steps: int = field(default=3, metadata={"help": "linear warm-up steps, then linear decay"})
     lr: float = field(default=1e-3, metadata={"help": "peak learning rate"})
+    head_lr: float | None = field(default=None, metadata={
+        "help": "peak learning rate of the pooling head (None = lr)"})
     weight_decay: float = field(default=0.01, metadata={"help": "AdamW weight decay (matrices only)"})
     batch_size: int = field(default=16, metadata={"help": "contrastive batch: queries across all ranks"})
     chunk_size: int | None = field(default=None, metadata={"help": "GradCache chunk; None = off"})
+    group_rows: int | None = field(default=16, metadata={
+        "help": "texts per forward pass, sorted by length; None = one padded pass"})
     grad_accum: int = field(default=1, metadata={"help": "contrastive batches per optimizer step"})
     max_length: int = field(default=64, metadata={"help": "tokens per text, EOS included"})
     temperature: float = field(default=0.05, metadata={"help": "InfoNCE temperature on cosine"})
@@ -75,6 +82,8 @@ class TrainConfig:
             self.mixture = parse_mixture(self.mixture, "train.mixture")
         if self.chunk_size == 0:  # the command line's way to say "no GradCache"
             self.chunk_size = None
+        if self.group_rows == 0:  # ... and "no length grouping"
+            self.group_rows = None
         if self.zero_stage not in ZERO_STAGES:
             raise ToolchainError(f"train.zero_stage: unknown ZeRO stage {self.zero_stage!r}; "
                                  f"known: {', '.join(map(str, ZERO_STAGES))}")
@@ -91,12 +100,14 @@ class TrainConfig:
         for name in ("warmup_steps", "negatives_per_query", "save_every"):
             if int(getattr(self, name)) < 0:
                 raise ToolchainError(f"train.{name}: must be >= 0, got {getattr(self, name)}")
-        if self.chunk_size is not None and self.chunk_size < 1:
-            raise ToolchainError(f"train.chunk_size: must be >= 1 or null, got {self.chunk_size}")
+        for name in ("chunk_size", "group_rows"):
+            if getattr(self, name) is not None and getattr(self, name) < 1:
+                raise ToolchainError(f"train.{name}: must be >= 1 or null, got {getattr(self, name)}")
         if self.max_length < 2:
             raise ToolchainError("train.max_length: must be >= 2 (content + EOS)")
-        if not self.lr > 0 or not self.temperature > 0:
-            raise ToolchainError("train.lr and train.temperature must be > 0")
+        if not self.lr > 0 or not self.temperature > 0 or (self.head_lr is not None
+                                                            and not self.head_lr > 0):
+            raise ToolchainError("train.lr, train.head_lr and train.temperature must be > 0")
         if self.grad_clip < 0 or self.weight_decay < 0:
             raise ToolchainError("train.grad_clip and train.weight_decay must be >= 0")
         if not 0 <= self.lora.dropout < 1 or self.lora.r < 1:

@@ -27,11 +27,13 @@ from toolchain.presets import Preset, load_preset
 from toolchain.tokenization import TextTokenizer
 from toolchain.train import checkpoint as ckpt
 from toolchain.train.batches import Batch
+from toolchain.train.buckets import StepChunks, step_chunks
 from toolchain.train.mixture import MixturePlan, load_sources
 from toolchain.train.config import TrainConfig
 from toolchain.train.ds_config import ds_config_path, resolve_ds_config
 from toolchain.train.gradcache import backward_from_cache, embed_without_graph
 from toolchain.train.loss import global_mean, info_nce, world
+from toolchain.train.runtime import attention_kernel, peak_rss_mb
 from toolchain.train.rundir import (ResumePlan, clear_run, plan_resume, truncate_metrics,
                                     write_json)
 
@@ -43,6 +45,7 @@ KILL_ENV = "POOLATTN_TRAIN_SIGKILL_AT_STEP"
 class StepResult:
     loss: float  # mean over ranks and accumulated batches
     tokens: int  # non-padding tokens embedded, all ranks
+    positions: int  # positions the forward passes computed (tokens + padding), all ranks
     candidates: int  # logits width: every rank's positives and negatives
 
 
@@ -160,10 +163,15 @@ class TrainRecipe:
         return cfg.chunk_size, cfg.grad_accum * math.ceil(texts / cfg.chunk_size)
 
     def _param_groups(self) -> list[dict]:
-        """Weight decay on matrices (LoRA, projections, latents), none on 1-D norms and biases."""
-        trainable = [p for p in self.model.parameters() if p.requires_grad]
-        return [{"params": [p for p in trainable if p.ndim >= 2], "weight_decay": self.config.weight_decay},
-                {"params": [p for p in trainable if p.ndim < 2], "weight_decay": 0.0}]
+        """LoRA at ``lr``, the head at ``head_lr``; weight decay on matrices (LoRA, projections,
+        latents), none on 1-D norms and biases. Empty groups are left out (ZeRO refuses them)."""
+        cfg, groups = self.config, []
+        for module, lr in ((self.model.backbone, cfg.lr), (self.model.head, cfg.head_lr or cfg.lr)):
+            trainable = [p for p in module.parameters() if p.requires_grad]
+            groups += [{"params": [p for p in trainable if p.ndim >= 2], "lr": lr,
+                        "weight_decay": cfg.weight_decay},
+                       {"params": [p for p in trainable if p.ndim < 2], "lr": lr, "weight_decay": 0.0}]
+        return [g for g in groups if g["params"]]
 
     def _open_run_dir(self) -> None:
         plan, run_dir = self.resume_plan, self.run_dir
@@ -184,11 +192,16 @@ class TrainRecipe:
             torch.manual_seed(self.config.seed + 1 + 100_003 * self.rank)  # dropout stream
 
     def _embed(self, chunk: dict[str, torch.Tensor]) -> torch.Tensor:
-        return self.engine(chunk["input_ids"].to(self.device), chunk["attention_mask"].to(self.device))
+        with attention_kernel(self.device, self.precision):
+            return self.engine(chunk["input_ids"].to(self.device),
+                               chunk["attention_mask"].to(self.device))
 
-    def _tokenize(self, batch: Batch) -> list[dict[str, torch.Tensor]]:
-        texts, size = batch.texts(), self.config.chunk_size or len(batch.texts())
-        return [self.model.tokenizer(texts[i:i + size]) for i in range(0, len(texts), size)]
+    def _tokenize(self, batch: Batch) -> StepChunks:
+        """The batch's texts as forward chunks: GradCache's chunks where it is on, else
+        ``group_rows`` texts each; sorted by length unless grouping is off."""
+        cfg = self.config
+        return step_chunks(self.model.tokenizer, batch.texts(), cfg.chunk_size or cfg.group_rows,
+                           group_by_length=cfg.group_rows is not None)
 
     def _loss(self, embeddings: torch.Tensor, batch: Batch):
         n = len(batch.queries)  # rows: queries, positives, negatives (Batch.texts order)
@@ -199,21 +212,23 @@ class TrainRecipe:
         """All forward/backward work of optimizer step ``step`` (0-based), leaving the final
         ``engine.step()`` (the accumulation boundary: reduce, clip, update) to the caller."""
         cfg, engine = self.config, self.engine
-        losses, tokens, width = [], 0, 0
+        losses, counts, width = [], torch.zeros(2, dtype=torch.float64), 0
         for a in range(cfg.grad_accum):
             batch = self.plan.batch(step * cfg.grad_accum + a)
-            chunks = self._tokenize(batch)
-            tokens += sum(int(c["attention_mask"].sum()) for c in chunks)
+            chunked = self._tokenize(batch)
+            counts += torch.tensor([float(chunked.real_tokens), float(chunked.positions)])
+            chunks = chunked.chunks
             last_batch = a == cfg.grad_accum - 1
             if cfg.chunk_size is None:
-                out = self._loss(self._embed(chunks[0]), batch)
+                embeddings = torch.cat([self._embed(chunk) for chunk in chunks])
+                out = self._loss(chunked.restore(embeddings), batch)
                 engine.backward(out.loss / cfg.grad_accum, scale_wrt_gas=False)
                 if not last_batch:
                     engine.step()
             else:
                 reps, states = embed_without_graph(self._embed, chunks)
-                reps = reps.detach().requires_grad_()
-                out = self._loss(reps, batch)
+                reps = reps.detach().requires_grad_()  # rows in chunk order
+                out = self._loss(chunked.restore(reps), batch)
                 out.loss.backward()  # d loss / d embedding, through the cross-rank gather
 
                 def backward(surrogate: torch.Tensor, last_chunk: bool) -> None:
@@ -224,10 +239,10 @@ class TrainRecipe:
                 backward_from_cache(self._embed, chunks, states, reps.grad, backward)
             losses.append(out.loss.detach())
             width = out.logits.shape[1]
-        total = torch.tensor(float(tokens))
         if world()[1] > 1:
-            torch.distributed.all_reduce(total)
-        return StepResult(global_mean(torch.stack(losses).mean()), int(total), width)
+            torch.distributed.all_reduce(counts)
+        return StepResult(global_mean(torch.stack(losses).mean()), int(counts[0]), int(counts[1]),
+                          width)
 
     def train(self) -> list[float]:
         """Run the remaining steps; returns this process's per-step losses."""
@@ -247,7 +262,10 @@ class TrainRecipe:
             self.losses.append(result.loss)
             norm = self.engine.get_global_grad_norm()
             row = {"step": step + 1, "loss": result.loss, "lr": lr,
+                   "step_s": seconds,
                    "tokens_per_s": result.tokens / seconds,
+                   "padding_fraction": 1.0 - result.tokens / result.positions,
+                   "peak_rss_mb": peak_rss_mb(),
                    "elapsed_s": self.elapsed_before + time.perf_counter() - started,
                    "candidates": result.candidates,
                    "source": self.plan.source_name(step * cfg.grad_accum),

@@ -19,7 +19,8 @@ from toolchain.errors import ToolchainError
 from toolchain.train.checkpoint import latest_checkpoint, read_state
 
 # Keys that may change between a run and its resumption without changing its trajectory.
-RESUMABLE_CHANGES = {"save_every"}
+# Settings that change neither the data nor the maths of a step (grouping changes only padding).
+RESUMABLE_CHANGES = {"save_every", "group_rows"}
 RUN_FILES = ("checkpoints", "final", "metrics.jsonl", "ds_config.json", "train_config.json")
 
 

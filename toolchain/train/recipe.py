@@ -20,7 +20,6 @@ import torch
 
 from toolchain.errors import ToolchainError
 from toolchain.modeling import build_embedding_model, resolve_variant
-from toolchain.modeling.backbone import ARCHITECTURES
 from toolchain.modeling.lora import apply_lora
 from toolchain.paths import runs_dir
 from toolchain.presets import Preset, load_preset
@@ -33,7 +32,8 @@ from toolchain.train.config import TrainConfig
 from toolchain.train.ds_config import ds_config_path, resolve_ds_config
 from toolchain.train.gradcache import backward_from_cache, embed_without_graph
 from toolchain.train.loss import global_mean, info_nce, world
-from toolchain.train.runtime import attention_kernel, peak_rss_mb
+from toolchain.train.runtime import (attention_kernel, check_max_length, max_positions,
+                                     peak_rss_mb)
 from toolchain.train.rundir import (ResumePlan, clear_run, plan_resume, truncate_metrics,
                                     write_json)
 
@@ -54,21 +54,6 @@ def linear_schedule(step: int, warmup: int, total: int) -> float:
     if step < warmup:
         return (step + 1) / (warmup + 1)
     return max(total - step, 1) / max(total - warmup, 1)
-
-
-def max_positions(preset: Preset) -> int | None:
-    """The backbone's max_position_embeddings, read without building it where possible."""
-    spec = preset.backbone
-    if spec.source == "config" and spec.architecture in ARCHITECTURES:
-        config_cls = ARCHITECTURES[spec.architecture][0]
-        return int(config_cls(**spec.config).max_position_embeddings)
-    return None  # other sources: checked once the backbone is loaded, still before the engine
-
-
-def check_max_length(max_length: int, positions: int | None, where: str) -> None:
-    if positions is not None and max_length > positions:
-        raise ToolchainError(f"{where}: max_length {max_length} exceeds the model's "
-                             f"max_position_embeddings {positions}")
 
 
 class TrainRecipe:
@@ -197,8 +182,7 @@ class TrainRecipe:
                                chunk["attention_mask"].to(self.device))
 
     def _tokenize(self, batch: Batch) -> StepChunks:
-        """The batch's texts as forward chunks: GradCache's chunks where it is on, else
-        ``group_rows`` texts each; sorted by length unless grouping is off."""
+        """Forward chunks: GradCache's where it is on, else ``group_rows`` texts sorted by length."""
         cfg = self.config
         return step_chunks(self.model.tokenizer, batch.texts(), cfg.chunk_size or cfg.group_rows,
                            group_by_length=cfg.group_rows is not None)

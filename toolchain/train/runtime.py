@@ -1,4 +1,5 @@
-"""What a training step runs on: the attention kernel it uses and the memory it reaches."""
+"""What a training run runs on: the model's position limit, the attention kernel of its steps
+and the memory they reach."""
 
 from __future__ import annotations
 
@@ -7,6 +8,10 @@ import resource
 from typing import ContextManager
 
 import torch
+
+from toolchain.errors import ToolchainError
+from toolchain.modeling.backbone import ARCHITECTURES
+from toolchain.presets import Preset
 
 
 def attention_kernel(device: torch.device, precision: str) -> ContextManager:
@@ -23,3 +28,19 @@ def attention_kernel(device: torch.device, precision: str) -> ContextManager:
 def peak_rss_mb() -> float:
     """This process's peak resident memory so far, MiB (Linux reports ru_maxrss in KiB)."""
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def max_positions(preset: Preset) -> int | None:
+    """The backbone's max_position_embeddings, read without building it where possible."""
+    spec = preset.backbone
+    if spec.source == "config" and spec.architecture in ARCHITECTURES:
+        config_cls = ARCHITECTURES[spec.architecture][0]
+        return int(config_cls(**spec.config).max_position_embeddings)
+    return None  # other sources: checked once the backbone is loaded, still before the engine
+
+
+def check_max_length(max_length: int, positions: int | None, where: str) -> None:
+    """Refuse a max_length beyond the model's positions (``positions`` None: not known yet)."""
+    if positions is not None and max_length > positions:
+        raise ToolchainError(f"{where}: max_length {max_length} exceeds the model's "
+                             f"max_position_embeddings {positions}")

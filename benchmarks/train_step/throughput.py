@@ -53,14 +53,9 @@ def restore_previous_step(recipe) -> None:
     from torch import nn
 
     import toolchain.train.recipe as recipe_module
-    from toolchain.modeling.dropout import PackedBitsDropout
+    from toolchain.modeling.dropout import PackedBitsDropout, swap_lora_dropout
 
-    for module in recipe.model.modules():
-        dropouts = getattr(module, "lora_dropout", None)
-        if isinstance(dropouts, nn.ModuleDict):
-            for name, layer in dropouts.items():
-                if isinstance(layer, PackedBitsDropout):
-                    dropouts[name] = nn.Dropout(layer.p)
+    swap_lora_dropout(recipe.model, PackedBitsDropout, nn.Dropout)
     recipe_module.attention_kernel = lambda device, precision: contextlib.nullcontext()
 
 
@@ -147,24 +142,18 @@ def run_case(name: str, preset: str, variant: str, steps: int) -> dict:
             "padding_fraction": statistics.fmean(r["padding_fraction"] for r in timed),
             "gflops_per_s": tokens / seconds * flops_per_token / 1e9,
             "flops_per_token": flops_per_token, "non_embedding_params": non_embedding,
+            "params": sum(p.numel() for p in recipe.model.parameters()),
+            "trainable": sum(p.numel() for p in recipe.model.parameters() if p.requires_grad),
             "rss_start_mb": started, "rss_after_setup_mb": after_setup,
             "peak_rss_mb": peak_rss_mb(), "saved_activations_mb": activations,
             "threads": torch.get_num_threads(),
             "loss": [r["loss"] for r in rows]}
 
 
-def memory_parts(preset: str, variant: str) -> dict:
-    """Sizes the config controls, MiB: weights (fp32 and a bf16 copy), trainable state."""
-    from toolchain.modeling import build_embedding_model
-    from toolchain.modeling.lora import apply_lora
-    from toolchain.presets import load_preset
-    from toolchain.train import config_for_preset
-
-    loaded = load_preset(preset)
-    model = build_embedding_model(loaded, variant, verify=False)
-    apply_lora(model, config_for_preset(loaded).lora)
-    total = sum(p.numel() for p in model.parameters())
-    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+def memory_parts(case: dict) -> dict:
+    """Sizes the config controls, MiB: weights (fp32 and a bf16 copy), trainable state; from a
+    case's parameter counts."""
+    total, trainable = case["params"], case["trainable"]
     mib = 1024 ** 2
     return {"params": total, "trainable": trainable,
             "weights_fp32_mb": total * 4 / mib, "weights_bf16_mb": total * 2 / mib,
@@ -210,7 +199,7 @@ def main() -> None:
         r["speedup_vs_baseline"] = r["tokens_per_s"] / base["tokens_per_s"] if base else None
     record = {"preset": args.preset, "variant": args.variant, "steps": args.steps,
               "machine": machine_info(), "matmul_peak_gflops_per_s": peaks,
-              "memory_parts": memory_parts(args.preset, args.variant), "cases": results,
+              "memory_parts": memory_parts(results[0]), "cases": results,
               "skipped": skipped, "date": time.strftime("%Y-%m-%d")}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.with_suffix(".json").write_text(json.dumps(record, indent=2) + "\n")

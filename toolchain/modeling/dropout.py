@@ -11,6 +11,8 @@ state and GradCache's replay work as with ``nn.Dropout``. Other devices use ``F.
 
 from __future__ import annotations
 
+from typing import Callable
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -43,14 +45,21 @@ class PackedBitsDropout(nn.Module):
         return f"p={self.p}"
 
 
-def use_packed_bits_dropout(module: nn.Module) -> int:
-    """Replace every peft ``lora_dropout`` ``nn.Dropout`` under ``module``; returns how many."""
+def swap_lora_dropout(module: nn.Module, kind: type[nn.Module],
+                      make: Callable[[float], nn.Module]) -> int:
+    """Replace every peft ``lora_dropout`` layer of type ``kind`` under ``module`` by
+    ``make(p)``; returns how many."""
     replaced = 0
     for child in module.modules():
         dropouts = getattr(child, "lora_dropout", None)
         if isinstance(dropouts, nn.ModuleDict):
             for name, layer in dropouts.items():
-                if isinstance(layer, nn.Dropout):
-                    dropouts[name] = PackedBitsDropout(layer.p)
+                if isinstance(layer, kind):
+                    dropouts[name] = make(layer.p)
                     replaced += 1
     return replaced
+
+
+def use_packed_bits_dropout(module: nn.Module) -> int:
+    """peft's ``nn.Dropout`` LoRA layers -> ``PackedBitsDropout``; returns how many."""
+    return swap_lora_dropout(module, nn.Dropout, PackedBitsDropout)

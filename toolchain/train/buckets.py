@@ -68,8 +68,8 @@ def step_chunks(tokenizer: TextTokenizer, texts: Sequence[str], rows_per_chunk: 
     groups = [order[i:i + size] for i in range(0, len(order), size)]
     chunks = []
     for group in groups:
-        longest = max(len(rows[i]) for i in group)
+        longest = max(len(rows[i]) for i in group)  # <= max_length, so rounding never cuts
         width = (min(-(-longest // WIDTH_MULTIPLE) * WIDTH_MULTIPLE, tokenizer.max_length)
-                 if group_by_length else longest)
-        chunks.append(tokenizer.pad([rows[i] for i in group], width=max(width, longest)))
+                 if group_by_length else None)
+        chunks.append(tokenizer.pad([rows[i] for i in group], width=width))
     return StepChunks(chunks, [i for g in groups for i in g])

@@ -80,10 +80,9 @@ class TrainConfig:
             self.lora = _lora_from_dict(self.lora)
         if self.mixture is not None:
             self.mixture = parse_mixture(self.mixture, "train.mixture")
-        if self.chunk_size == 0:  # the command line's way to say "no GradCache"
-            self.chunk_size = None
-        if self.group_rows == 0:  # ... and "no length grouping"
-            self.group_rows = None
+        for name in ("chunk_size", "group_rows"):  # 0: the command line's way to say "off"
+            if getattr(self, name) == 0:
+                setattr(self, name, None)
         if self.zero_stage not in ZERO_STAGES:
             raise ToolchainError(f"train.zero_stage: unknown ZeRO stage {self.zero_stage!r}; "
                                  f"known: {', '.join(map(str, ZERO_STAGES))}")

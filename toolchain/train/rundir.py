@@ -18,8 +18,8 @@ from pathlib import Path
 from toolchain.errors import ToolchainError
 from toolchain.train.checkpoint import latest_checkpoint, read_state
 
-# Keys that may change between a run and its resumption without changing its trajectory.
-# Settings that change neither the data nor the maths of a step (grouping changes only padding).
+# Keys that may change between a run and its resumption without changing its trajectory
+# (length grouping changes only how a step's texts are padded).
 RESUMABLE_CHANGES = {"save_every", "group_rows"}
 RUN_FILES = ("checkpoints", "final", "metrics.jsonl", "ds_config.json", "train_config.json")
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 
 import pytest
@@ -19,6 +20,23 @@ TEXTS = [
     "A considerably longer sentence, written so that it needs more tokens than the others do, "
     "which forces padding on every partner in the batch.",
 ]
+
+
+LAUNCHER_VARIABLES = ("MASTER_ADDR", "MASTER_PORT", "RANK", "WORLD_SIZE", "LOCAL_RANK")
+
+
+@contextlib.contextmanager
+def launcher_variables_restored():
+    """A single-process DeepSpeed group sets the launcher variables: put back what was there."""
+    saved = {key: os.environ.get(key) for key in LAUNCHER_VARIABLES}
+    try:
+        yield
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
 
 
 @pytest.fixture(scope="session")

@@ -53,7 +53,7 @@ def test_registry_names_do_not_collide_and_reuse_poolers():
     for b in BASELINES.values():
         assert b.kind in ("untrained", "peer")
         if b.kind == "untrained":
-            assert b.pooling in POOLERS and b.attention == "causal"
+            assert b.variant.pooling in POOLERS and b.variant.attention == "causal"
     with pytest.raises(ValueError, match="collides"):
         register_baseline(Baseline("m1", "untrained", "merged", "x", "mean", "causal"))
     with pytest.raises(ToolchainError, match="unknown baseline"):

@@ -9,8 +9,8 @@ import pytest
 
 from toolchain.embedder import Embedder
 from toolchain.errors import ToolchainError
-from toolchain.export.probe_texts import PROBE_TEXTS
-from toolchain.export.verify import random_batch
+from toolchain.probe_texts import PROBE_TEXTS
+from toolchain.parity import random_batch
 
 from conftest import TEXTS
 from test_export_fixtures import cached_export, one_thread  # noqa: F401
@@ -84,3 +84,39 @@ def test_bad_requests_are_clear_errors(pair):
         with pytest.raises(ToolchainError, match="no CUDAExecutionProvider"):
             Embedder.from_artifact(artifact, provider="cuda")
         assert Embedder.from_artifact(artifact).provider == "cpu"  # auto falls back
+
+
+def test_open_dispatches_on_the_manifest_kind(pair):
+    onnx_emb, _ = pair
+    run = Path(onnx_emb.manifest["model_dir"]).parent
+    opened = [Embedder.open(run / "onnx-fp32", provider="cpu", threads=1),
+              Embedder.open(run / "merged", provider="cpu", threads=1)]
+    assert [e.kind for e in opened] == ["onnx", "torch"]
+    texts = ["hello world", PROBE_TEXTS[3]]
+    np.testing.assert_allclose(opened[0].encode(texts), opened[1].encode(texts), atol=1e-4, rtol=0)
+    with pytest.raises(ToolchainError, match="no manifest"):
+        Embedder.open(run)
+    with pytest.raises(ToolchainError, match="empty_texts must be embed or refuse"):
+        Embedder.open(run / "onnx-fp32", provider="cpu", empty_texts="skip")
+
+
+@pytest.mark.parametrize("bad", [None, 3, b"bytes"])
+def test_non_string_texts_get_the_contracts_error(pair, bad):
+    for embedder in pair:
+        with pytest.raises(ToolchainError, match=f"text 1: expected a string, got {type(bad).__name__}"):
+            embedder.encode(["fine", bad, "also fine"])
+
+
+def test_empty_string_embeds_as_eos_only_unless_refused(pair):
+    """Policy: "" embeds (as [BOS] EOS), identically alone and in a batch, on both runtimes;
+    empty_texts="refuse" makes it an error naming the text."""
+    onnx_emb, torch_emb = pair
+    batch = onnx_emb.encode(["a real text", "", "another one"])
+    alone = onnx_emb.encode([""])
+    np.testing.assert_allclose(batch[1], alone[0], atol=1e-5, rtol=0)
+    np.testing.assert_allclose(np.linalg.norm(alone, axis=1), 1.0, atol=1e-5)
+    np.testing.assert_allclose(torch_emb.encode([""]), alone, atol=1e-4, rtol=0)
+    run = Path(onnx_emb.manifest["model_dir"]).parent
+    refusing = Embedder.open(run / "onnx-fp32", provider="cpu", threads=1, empty_texts="refuse")
+    with pytest.raises(ToolchainError, match="text 1 is empty"):
+        refusing.encode(["fine", ""])

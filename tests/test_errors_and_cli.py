@@ -66,8 +66,10 @@ def test_cli_errors_are_one_line():
     result = CliRunner().invoke(main, ["embed", "--variant", "m9", "hi"])
     assert result.exit_code == 2
     assert "error: unknown variant 'm9'" in result.output
+    result = CliRunner().invoke(main, ["embed", "--variant", "m1", "--empty", "refuse", "ok", ""])
+    assert result.exit_code == 2 and "text 1 is empty (empty_texts='refuse')" in result.output
     result = CliRunner().invoke(main, ["embed", "--variant", "m1", "ok", ""])
-    assert result.exit_code == 2 and "text 1 ('') tokenises to nothing" in result.output
+    assert result.exit_code == 0 and "(2, 64)" in result.output
 
 
 def test_cli_heads_and_embed():

@@ -87,7 +87,7 @@ def test_merge_rejects_a_directory_without_checkpoint(tmp_path):
 
 
 def test_gate_figures_are_real_cosines():
-    from toolchain.export.verify import compare
+    from toolchain.parity import compare
 
     rng = np.random.default_rng(0)
     a = rng.normal(size=(4, 8))

@@ -13,15 +13,16 @@ from toolchain.errors import ToolchainError
 from toolchain.modeling import build_embedding_model
 from toolchain.modeling.lora import LoraSettings, apply_lora
 from toolchain.modeling.pooling import HeadConfig
+from toolchain.modeling.shapes import ModelShape
 from toolchain.plan import (ACTIVATION_ELEMENTS, PlanSettings, backbone_parameter_count,
                             head_activation_bytes, layer_activation_elements, plan_memory,
-                            settings_for_preset, shape_of)
+                            settings_for_preset)
 from toolchain.presets import list_presets, load_preset
 
 
 def _plan(preset: str = "mistral-7b", **overrides):
     loaded = load_preset(preset)
-    return plan_memory(settings_for_preset(loaded, **overrides), shape_of(loaded),
+    return plan_memory(settings_for_preset(loaded, **overrides), ModelShape.from_preset(loaded),
                        with_deepspeed=False)
 
 
@@ -76,7 +77,7 @@ def test_trainable_count_equals_peft(preset, variant):
     assert plan.counts["trainable"] == trainable
     if preset != "tiny-qwen2":  # Qwen2's q/k/v biases are not in the bias-free base count
         frozen = sum(p.numel() for p in model.parameters() if not p.requires_grad)
-        assert backbone_parameter_count(shape_of(load_preset(preset))) == frozen
+        assert backbone_parameter_count(ModelShape.from_preset(load_preset(preset))) == frozen
 
 
 def _saved_elements_per_token(layers: int, dtype: torch.dtype, dropout: float) -> float:
@@ -110,8 +111,6 @@ def _saved_elements_per_token(layers: int, dtype: torch.dtype, dropout: float) -
 
 @pytest.mark.parametrize("precision,dropout", [("fp32", 0.1), ("bf16", 0.1), ("fp32", 0.0)])
 def test_activation_coefficients_match_a_fresh_measurement(precision, dropout):
-    from toolchain.modeling.shapes import ModelShape
-
     dtype = torch.float32 if precision == "fp32" else torch.bfloat16
     per_layer = (_saved_elements_per_token(2, dtype, dropout)
                  - _saved_elements_per_token(1, dtype, dropout))
@@ -156,7 +155,8 @@ def test_mistral_7b_preset_is_the_paper_recipe():
     assert (cfg.lora.r, cfg.lora.alpha, cfg.lora.dropout) == (16, 32, 0.1)
     assert cfg.chunk_size and cfg.grad_accum == 1  # GradCache: negatives span the whole step
     assert preset.backbone.source == "hf_dir" and preset.head_size == "paper"
-    plan = plan_memory(settings_for_preset(preset), shape_of(preset), with_deepspeed=False)
+    plan = plan_memory(settings_for_preset(preset), ModelShape.from_preset(preset),
+                       with_deepspeed=False)
     ckpt = "checkpointing" if cfg.gradient_checkpointing else "no_checkpointing"
     assert plan.verdicts()[ckpt][80]  # the shipped chunk size fits 8 x 80 GB
 
@@ -187,3 +187,42 @@ def test_cli_plan_table_and_errors():
 def test_settings_reject_indivisible_batch():
     with pytest.raises(ToolchainError, match="divisible"):
         PlanSettings(preset="x", gpus=3, batch_size=2048)
+
+
+def test_shape_from_hf_config_equals_shape_from_its_json():
+    from transformers import LlamaConfig
+
+    config = LlamaConfig(hidden_size=64, intermediate_size=160, num_hidden_layers=3,
+                         num_attention_heads=4, num_key_value_heads=2, vocab_size=500)
+    shape = ModelShape.from_config(config)
+    assert shape == ModelShape(64, 3, 160, 4, 2, 500)
+    assert ModelShape.from_config(config.to_dict()) == shape
+    no_kv = {k: v for k, v in config.to_dict().items() if k != "num_key_value_heads"}
+    assert ModelShape.from_config(no_kv).num_kv_heads == 4  # multi-head attention
+    with pytest.raises(ToolchainError, match="hidden_size"):
+        ModelShape.from_config({**no_kv, "hidden_size": None})
+
+
+def test_settings_validate_through_train_config():
+    with pytest.raises(ToolchainError, match="plan: train.zero_stage"):
+        PlanSettings(preset="x", zero_stage=1)
+    with pytest.raises(ToolchainError, match="--seq-len"):
+        PlanSettings(preset="x", seq_len=0)
+    settings = PlanSettings(preset="x", chunk_size=0, precision="auto")
+    assert (settings.chunk_size, settings.precision) == (None, "bf16")  # as train: reads them
+
+
+def test_plan_check_script_predicts_its_cases(monkeypatch):
+    import importlib.util
+    import sys
+
+    from toolchain.paths import project_root
+
+    path = project_root() / "benchmarks" / "plan_check" / "plan_check.py"
+    spec = importlib.util.spec_from_file_location("plan_check", path)
+    plan_check = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, "plan_check", plan_check)  # its dataclasses look it up
+    spec.loader.exec_module(plan_check)
+    predicted = plan_check.predict(plan_check.CASES[0])
+    assert predicted["trainable"] > 0 and predicted["step_peak_bytes"] > 0
+    assert "benchmarks/plan_check/plan_check.py" in plan_check.COMMAND

@@ -9,6 +9,7 @@ import json
 import pytest
 import torch
 
+from conftest import launcher_variables_restored
 from toolchain.paths import project_root
 
 SCRIPT = project_root() / "benchmarks" / "gpu" / "run_gpu_validation.py"
@@ -17,15 +18,8 @@ SCRIPT = project_root() / "benchmarks" / "gpu" / "run_gpu_validation.py"
 @pytest.fixture(scope="module", autouse=True)
 def launcher_env():
     """The dry run starts a one-process DeepSpeed group: put back the variables it sets."""
-    import os
-
-    env = dict(os.environ)
-    yield
-    for key in ("MASTER_ADDR", "MASTER_PORT", "RANK", "WORLD_SIZE", "LOCAL_RANK"):
-        if key in env:
-            os.environ[key] = env[key]
-        else:
-            os.environ.pop(key, None)
+    with launcher_variables_restored():
+        yield
 
 
 @pytest.fixture(scope="module")

@@ -95,3 +95,33 @@ def test_batch_and_padding_invariance(preset, pooling, attention, padding_side, 
         torch.testing.assert_close(alone[0], batched[i], atol=1e-5, rtol=1e-5)
     model.tokenizer.padding_side = "left" if padding_side == "right" else "right"
     torch.testing.assert_close(model.encode(texts), batched, atol=1e-5, rtol=1e-5)
+
+
+def test_a_head_must_state_its_cost():
+    """Registration refuses a head without macs(config, seq_len): the bench and the planner
+    would otherwise price it with another head's formula."""
+    from toolchain.errors import ToolchainError
+    from toolchain.modeling.pooling import PoolingHead, register_pooler
+
+    class Costless(PoolingHead):
+        def forward(self, features: dict) -> dict:
+            return {**features, "sentence_embedding": features["token_embeddings"][:, -1]}
+
+    with pytest.raises(ToolchainError, match="does not define macs"):
+        register_pooler("costless_test_head")(Costless)
+    assert "costless_test_head" not in POOLERS
+
+
+def test_precomputable_queries_are_the_heads_own():
+    """Perceiver heads expose their input-independent queries; parameter-free and
+    token-query heads have none (the export stores only what the head returns)."""
+    for pooling in sorted(POOLERS):
+        config = HeadConfig.from_size("compact", pooling=pooling, attention="bidirectional",
+                                      hidden_size=32, num_layers=3, num_heads=4)
+        head = build_pooler(config)
+        queries = head.precomputable_queries()
+        if pooling in ("last_layer_trainable", "multi_layer_trainable"):
+            assert queries.shape == (1, 4, config.n_latents, 8)
+            assert head_macs(config, 5)["input_independent"] > 0
+        else:
+            assert queries is None

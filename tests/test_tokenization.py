@@ -50,11 +50,24 @@ def test_bad_inputs_are_named(hf_tokenizer):
     tok = TextTokenizer(hf_tokenizer, max_length=16)
     with pytest.raises(ToolchainError, match="empty text list"):
         tok([])
-    with pytest.raises(ToolchainError, match="text 1 .* tokenises to nothing"):
-        tok(["fine", ""])
+    refusing = TextTokenizer(hf_tokenizer, max_length=16, empty_texts="refuse")
+    with pytest.raises(ToolchainError, match="text 1 is empty"):
+        refusing(["fine", ""])
     with pytest.raises(ToolchainError, match="text 0: expected a string"):
         tok([3])
+    with pytest.raises(ToolchainError, match="text 1: expected a string, got NoneType"):
+        tok(["fine", None])
     with pytest.raises(ToolchainError, match="single string"):
         tok("not a list")
     with pytest.raises(ToolchainError, match="padding_side"):
         TextTokenizer(hf_tokenizer, max_length=16, padding_side="middle")
+
+
+def test_empty_text_embeds_as_the_eos_only_sequence(hf_tokenizer):
+    """Policy: "" becomes [BOS] EOS, as sentence-transformers embeds "" as [CLS] [SEP]."""
+    tok = TextTokenizer(hf_tokenizer, max_length=16, padding_side="right")
+    ids = tok.token_ids("")
+    assert ids[-1] == tok.eos_token_id
+    assert ids[:-1] in ([], [tok.bos_token_id])
+    batch = tok(["a real text", ""])
+    assert batch["attention_mask"][1].sum() == len(ids)

@@ -4,11 +4,11 @@ to the same outputs."""
 
 from __future__ import annotations
 
-import os
 
 import pytest
 import torch
 
+from conftest import launcher_variables_restored
 from test_train_config import make_learnable_jsonl
 from toolchain.errors import ToolchainError
 from toolchain.modeling.lora import load_trained
@@ -23,15 +23,11 @@ PROBE = ["apple river", "the tiger and the coffee with castle", "winter"]
 def one_thread():
     """Tiny matmuls gain nothing from a second thread and lose a lot when cores are shared.
     Also puts back the launcher variables the single-process engine sets."""
-    before, env = torch.get_num_threads(), dict(os.environ)
+    before = torch.get_num_threads()
     torch.set_num_threads(1)
-    yield
+    with launcher_variables_restored():
+        yield
     torch.set_num_threads(before)
-    for key in ("MASTER_ADDR", "MASTER_PORT", "RANK", "WORLD_SIZE", "LOCAL_RANK"):
-        if key in env:
-            os.environ[key] = env[key]
-        else:
-            os.environ.pop(key, None)
 
 
 @pytest.fixture(scope="module")

@@ -55,6 +55,27 @@ def write_text_atomic(path: Path, text: str) -> None:
         raise
 
 
+def write_json_atomic(path: Path, data) -> None:
+    """JSON (indent 2, trailing newline) written atomically: readers never see half a file."""
+    write_text_atomic(path, json.dumps(data, indent=2) + "\n")
+
+
+def read_json(path: Path, what: str = "JSON file"):
+    """Parse a JSON file; a missing, unreadable or malformed file is one clear error.
+
+    Raises:
+        ToolchainError: ``path: cannot read <what>: ...`` or ``path:line: invalid JSON: ...``.
+    """
+    try:
+        text = Path(path).read_text()
+    except OSError as err:
+        raise ToolchainError(f"{path}: cannot read {what}: {err.strerror or err}") from None
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as err:
+        raise ToolchainError(f"{path}:{err.lineno}: invalid JSON: {err.msg}") from None
+
+
 def sha256_file(path: Path) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as handle:
@@ -90,10 +111,7 @@ def read_manifest(root: Path, verify: bool = True) -> dict:
     path = root / MANIFEST
     if not path.is_file():
         raise ToolchainError(f"{path}: no manifest (is {root} an artifact directory?)")
-    try:
-        manifest = json.loads(path.read_text())
-    except json.JSONDecodeError as err:
-        raise ToolchainError(f"{path}:{err.lineno}: invalid JSON: {err.msg}") from None
+    manifest = read_json(path, "manifest")
     if verify:
         for rel, expected in manifest.get("files", {}).items():
             file = root / rel

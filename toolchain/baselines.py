@@ -13,10 +13,11 @@ atomically, with a ``baseline`` manifest field saying what it is. Register more 
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+from toolchain.contract import Attention, Pooling, Variant
 from toolchain.errors import ToolchainError
 from toolchain.paths import runs_dir
 from toolchain.presets import Preset, load_preset
@@ -30,8 +31,7 @@ class Baseline:
     kind: str
     profile: str  # artifact directory inside the run
     description: str
-    pooling: str | None = None  # untrained: a registered pooler
-    attention: str | None = None  # untrained: causal | bidirectional
+    variant: Variant | None = None  # untrained: a parameter-free head x attention, named as the baseline
     asset: str | None = None  # peer: the registry asset with its files
 
 
@@ -58,11 +58,10 @@ def _build_untrained(baseline: Baseline, preset: Preset, target: Path,
     if source is not None:
         raise ToolchainError(f"baseline {baseline.name}: takes no --source (it is built from "
                              f"preset {preset.name})")
-    model = build_embedding_model(preset, pooling=baseline.pooling, attention=baseline.attention)
+    model = build_embedding_model(preset, baseline.variant)
     if any(True for _ in model.head.parameters()):
-        raise ToolchainError(f"baseline {baseline.name}: pooling {baseline.pooling!r} has "
+        raise ToolchainError(f"baseline {baseline.name}: pooling {baseline.variant.pooling!r} has "
                              f"trainable parameters; an untrained baseline needs a fixed one")
-    model.variant = replace(model.variant, name=baseline.name, description=baseline.description)
     info = {"name": baseline.name, "kind": baseline.kind, "preset": preset.name,
             "description": baseline.description, "trained": False,
             "backbone": {"source": preset.backbone.source, "asset": preset.backbone.asset,
@@ -94,12 +93,15 @@ def _build_peer(baseline: Baseline, preset: Preset, target: Path, source: Path |
 BUILDERS: dict[str, Callable[[Baseline, Preset, Path, Path | None], dict]] = {
     "untrained": _build_untrained, "peer": _build_peer}
 
-register_baseline(Baseline("untrained-eos", "untrained", "merged",
-                           "untrained backbone, EOS-last pooling, causal",
-                           pooling="eos_last", attention="causal"))
-register_baseline(Baseline("untrained-mean", "untrained", "merged",
-                           "untrained backbone, masked mean pooling, causal",
-                           pooling="mean", attention="causal"))
+def _untrained(name: str, pooling: Pooling, description: str) -> Baseline:
+    return Baseline(name, "untrained", "merged", description,
+                    variant=Variant(name, pooling, Attention.CAUSAL, description))
+
+
+register_baseline(_untrained("untrained-eos", Pooling.EOS_LAST,
+                             "untrained backbone, EOS-last pooling, causal"))
+register_baseline(_untrained("untrained-mean", Pooling.MEAN,
+                             "untrained backbone, masked mean pooling, causal"))
 register_baseline(Baseline("minilm-peer", "peer", "model",
                            "all-MiniLM-L6-v2 (trained peer), mean pooling",
                            asset="all-minilm-l6-v2"))

@@ -3,70 +3,29 @@
 The bench compares like with like through it: the same tokenisation contract (EOS appended,
 the artifact's padding side and max length), the same batching, unit-norm float32 output.
 
-    emb = Embedder.from_artifact("runs/tiny-mistral/m5/onnx-fp32")
+    emb = Embedder.open("runs/tiny-mistral/m5/onnx-fp32")   # or a model directory
     vectors = emb.encode(["a text", "another"])          # (2, H) float32, unit norm
     batch = emb.tokenize(texts); emb.run(batch["input_ids"], batch["attention_mask"])
 """
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Callable, Sequence
 
 import numpy as np
 
 from toolchain.atomic import read_manifest
+from toolchain.contract import ManifestHeader
 from toolchain.errors import ToolchainError
-from toolchain.tokenization import TextTokenizer
+from toolchain.ort_session import ort_session, resolve_threads
+from toolchain.tokenization import EmptyTexts, TextTokenizer, check_empty_policy, check_texts
 
 ARTIFACT_KIND = "onnx_artifact"
 MODEL_DIR_KIND = "embedding_model"
 # Other PyTorch model-dir kinds -> "module:function(path, device, threads) -> Embedder"
 MODEL_DIR_OPENERS = {"sentence_encoder": "toolchain.peer:open_peer_embedder"}
 TOKENIZER_DIR = "tokenizer"
-PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider"}
-
-
-def resolve_threads(threads: int | None) -> int:
-    return int(threads) if threads else (os.cpu_count() or 1)
-
-
-def ort_session(model, session: dict | None, provider: str = "cpu", threads: int | None = None,
-                config: dict | None = None):
-    """An ORT InferenceSession over a path or serialized model; returns (session, provider used).
-
-    Args:
-        model: path to model.onnx, or model bytes.
-        session: the manifest's ``session`` settings (graph_optimization_level).
-        provider: "auto" (CUDA when onnxruntime-gpu sees a GPU, else CPU), "cpu" or "cuda".
-        threads: intra-op threads; None = all cores.
-        config: extra ORT session config entries.
-
-    Raises:
-        ToolchainError: unknown provider, or "cuda" asked for but not usable.
-    """
-    import onnxruntime as ort
-
-    from toolchain.export.optimize import session_options
-
-    if provider not in ("auto", *PROVIDERS):
-        raise ToolchainError(f"provider must be auto, cpu or cuda, got {provider!r}")
-    wanted = ["cpu"]
-    if provider in ("auto", "cuda") and PROVIDERS["cuda"] in ort.get_available_providers():
-        wanted = ["cuda", "cpu"]
-    if provider == "cuda" and wanted[0] != "cuda":
-        raise ToolchainError("provider cuda: onnxruntime has no CUDAExecutionProvider "
-                             "(install the gpu extra: make venv ORT_EXTRA=gpu)")
-    options = session_options(session, resolve_threads(threads))
-    for key, value in (config or {}).items():
-        options.add_session_config_entry(key, value)
-    model = str(model) if isinstance(model, Path) else model
-    sess = ort.InferenceSession(model, options, providers=[PROVIDERS[p] for p in wanted])
-    used = "cuda" if sess.get_providers()[0] == PROVIDERS["cuda"] else "cpu"
-    if provider == "cuda" and used != "cuda":
-        raise ToolchainError("provider cuda: the CUDA provider failed to start (see ORT log)")
-    return sess, used
 
 
 class Embedder:
@@ -86,6 +45,28 @@ class Embedder:
         self.name, self.kind, self.manifest = name, kind, manifest
         self.tokenizer, self._runner = tokenizer, runner
         self.provider, self.threads = provider, threads
+        self.empty_texts: EmptyTexts = "embed"
+
+    @classmethod
+    def open(cls, path: str | Path, provider: str = "auto", threads: int | None = None,
+             empty_texts: EmptyTexts = "embed") -> "Embedder":
+        """Open any artifact the toolchain writes, by its manifest's kind: an ONNX artifact with
+        ONNX Runtime (``provider``), a model directory with PyTorch (on CUDA when ``provider``
+        asks for it and torch sees a GPU, else CPU).
+
+        Args:
+            empty_texts: "embed" (an empty text embeds as the EOS-only sequence) or "refuse".
+
+        Raises:
+            ToolchainError: no manifest, an unknown kind, or what the opener raises.
+        """
+        kind = read_manifest(Path(path), verify=False).get("kind", MODEL_DIR_KIND)
+        if kind == ARTIFACT_KIND:
+            embedder = cls.from_artifact(path, provider=provider, threads=threads)
+        else:
+            embedder = cls.from_model_dir(path, device=_torch_device(provider), threads=threads)
+        embedder.empty_texts = check_empty_policy(empty_texts)
+        return embedder
 
     @classmethod
     def from_artifact(cls, path: str | Path, provider: str = "auto",
@@ -102,12 +83,13 @@ class Embedder:
         if manifest.get("kind") != ARTIFACT_KIND:
             raise ToolchainError(f"{path}/manifest.json: kind {manifest.get('kind')!r} is not "
                                  f"{ARTIFACT_KIND!r}")
+        header = ManifestHeader.read(manifest, path / "manifest.json")
         hf = load_saved_tokenizer(path / TOKENIZER_DIR)
-        tokenizer = TextTokenizer(hf, int(manifest["max_length"]), manifest["padding_side"])
+        tokenizer = TextTokenizer(hf, header.max_length, header.padding_side)
         for field in ("eos_token_id", "pad_token_id"):
-            if getattr(tokenizer, field) != manifest[field]:
+            if getattr(tokenizer, field) != getattr(header, field):
                 raise ToolchainError(f"{path}/{TOKENIZER_DIR}: {field} {getattr(tokenizer, field)} "
-                                     f"differs from the manifest's {manifest[field]}")
+                                     f"differs from the manifest's {getattr(header, field)}")
         session, used = ort_session(path / manifest["model_file"], manifest.get("session"),
                                     provider, threads)
         output = manifest["output_names"][0]
@@ -117,7 +99,7 @@ class Embedder:
                      "attention_mask": np.ascontiguousarray(attention_mask, dtype=np.int64)}
             return session.run([output], feeds)[0]
 
-        name = f"{manifest['variant']}-onnx-{manifest['profile']['name']}"
+        name = f"{header.variant.name}-onnx-{manifest['profile']['name']}"
         return cls(name, "onnx", manifest, tokenizer, run, used, resolve_threads(threads))
 
     @classmethod
@@ -156,6 +138,7 @@ class Embedder:
 
     def tokenize(self, texts: Sequence[str]) -> dict[str, np.ndarray]:
         """{"input_ids", "attention_mask"}: int64 (B, T) arrays under the artifact's contract."""
+        check_texts(texts, self.empty_texts)
         return {k: v.numpy() for k, v in self.tokenizer(texts).items()}
 
     def run(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> np.ndarray:
@@ -168,8 +151,7 @@ class Embedder:
         Texts are batched longest first (less padding; results do not depend on batch
         partners beyond the profile's invariance bound).
         """
-        if isinstance(texts, str) or len(texts) == 0:
-            self.tokenizer(texts)  # raises the contract's error
+        check_texts(texts, self.empty_texts)
         if batch_size < 1:
             raise ToolchainError(f"batch_size must be >= 1, got {batch_size}")
         order = sorted(range(len(texts)), key=lambda i: -len(texts[i]))
@@ -182,3 +164,17 @@ class Embedder:
                 out = np.empty((len(texts), emb.shape[1]), dtype=np.float32)
             out[rows] = emb
         return out
+
+
+def _torch_device(provider: str) -> str:
+    if provider not in ("auto", "cpu", "cuda"):
+        raise ToolchainError(f"provider must be auto, cpu or cuda, got {provider!r}")
+    if provider == "cpu":
+        return "cpu"
+    import torch
+
+    if torch.cuda.is_available():
+        return "cuda"
+    if provider == "cuda":
+        raise ToolchainError("provider cuda: torch sees no GPU")
+    return "cpu"

@@ -20,10 +20,10 @@ import torch
 
 from toolchain.atomic import MANIFEST, atomic_dir, read_manifest, sha256_file, write_manifest
 from toolchain.errors import ToolchainError
-from toolchain.export.probe_texts import PROBE_TEXTS
-from toolchain.export.verify import compare
 from toolchain.modeling.lora import TRAINED_JSON, load_trained
 from toolchain.modeling.model import EmbeddingModel, load_embedding_model, save_embedding_model
+from toolchain.parity import compare
+from toolchain.probe_texts import PROBE_TEXTS
 
 GATE_MIN_COSINE = 0.99999
 

@@ -23,6 +23,7 @@ from typing import Sequence
 import numpy as np
 
 from toolchain.atomic import atomic_dir, read_manifest, write_manifest
+from toolchain.contract import Attention, Pooling, Variant
 from toolchain.errors import ToolchainError
 
 KIND = "sentence_encoder"
@@ -75,8 +76,9 @@ def save_peer(source: str | Path, target: str | Path, name: str, max_length: int
         for rel in REQUIRED + tuple(o for o in OPTIONAL if (source / o).is_file()):
             (tmp / ENCODER_DIR / rel).parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(source / rel, tmp / ENCODER_DIR / rel)
-        fields = {"format_version": 1, "kind": KIND, "variant": name, "pooling": "mean",
-                  "attention": "bidirectional", "max_length": int(max_length),
+        fields = {"format_version": 1, "kind": KIND,
+                  **Variant(name, Pooling.MEAN, Attention.BIDIRECTIONAL).fields(),
+                  "max_length": int(max_length),
                   "padding_side": "right", "embedding_dim": int(pooling.get(
                       "word_embedding_dimension", config["hidden_size"])),
                   "architecture": (config.get("architectures") or ["?"])[0],

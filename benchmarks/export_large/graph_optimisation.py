@@ -60,7 +60,7 @@ def export(model, path: Path, optimize: bool) -> dict:
 def session(path: Path, level: str, threads: int, save_to: Path | None = None):
     import onnxruntime as ort
 
-    from toolchain.export.optimize import session_options
+    from toolchain.ort_session import session_options
 
     options = session_options({"graph_optimization_level": level}, threads)
     if save_to is not None:

@@ -24,13 +24,13 @@ import torch
 from toolchain.bench.latency import (machine_info, make_inputs, percentiles,
                                      time_callable, time_interleaved)
 from toolchain.bench.pipeline import source_macs
-from toolchain.bench.split import eos_last_head, shape_of, time_head
+from toolchain.bench.split import eos_last_head, time_head
 from toolchain.embedder import Embedder
 from toolchain.export.pipeline import export_model_dir
 from toolchain.modeling import VARIANTS, build_embedding_model, load_embedding_model
 from toolchain.modeling import save_embedding_model
 from toolchain.modeling.pooling import HeadConfig, build_pooler, head_macs
-from toolchain.modeling.shapes import MODEL_SHAPES, backbone_macs
+from toolchain.modeling.shapes import MODEL_SHAPES, ModelShape, backbone_macs
 from toolchain.presets import load_preset
 
 HERE = Path(__file__).resolve().parent
@@ -141,7 +141,7 @@ def main() -> int:
     # 4: heads alone on cached SmolLM2-shaped features, then at Mistral-7B width
     log("cost split: heads alone on cached SmolLM2-shaped features")
     model = load_embedding_model(merged)
-    shape = shape_of(model.backbone.config)
+    shape = ModelShape.from_config(model.backbone.config)
     ids = torch.randint(3, shape.vocab_size, (8, 128))
     mask = torch.ones_like(ids)
     bb = percentiles(time_callable(lambda: model.features(ids, mask), args.warmup, args.repeats))

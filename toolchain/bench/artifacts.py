@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Sequence
 
 from toolchain.atomic import read_manifest
+from toolchain.contract import source_model_dir
 from toolchain.errors import ToolchainError
 from toolchain.paths import runs_dir
 
@@ -126,16 +127,8 @@ def torch_source(artifact: Artifact) -> Path | None:
     if artifact.runtime == "torch":
         return artifact.path if (artifact.path / "backbone").is_dir() else None
     manifest = read_manifest(artifact.path, verify=False)
-    source = manifest.get("source") if isinstance(manifest.get("source"), dict) else {}
-    candidates = [artifact.path / source["model_dir_relative"]] if source.get(
-        "model_dir_relative") else []
-    if isinstance(manifest.get("model_dir"), str):
-        candidates.append(Path(manifest["model_dir"]))
-    for candidate in candidates:
-        if (candidate / "backbone").is_dir():
-            return candidate.resolve()
-    sibling = artifact.path.parent / "merged"
-    return sibling if (sibling / "backbone").is_dir() else None
+    source = source_model_dir(artifact.path, manifest, required=False)
+    return source.resolve() if source is not None else None
 
 
 def preset_artifacts(preset: str, variants: Sequence[str],

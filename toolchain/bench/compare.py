@@ -14,12 +14,12 @@ approximation; the method used is recorded.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
 from scipy.stats import wilcoxon
 
+from toolchain.atomic import read_json
 from toolchain.errors import ToolchainError
 
 ALPHA = 0.05
@@ -79,7 +79,7 @@ def paired_test(deltas: list[float]) -> dict:
 UNITS = ("task", "shard")
 
 
-def _scores(model: str, entry: dict, unit: str) -> dict[tuple, tuple[str, float]]:
+def pair_scores(model: str, entry: dict, unit: str) -> dict[tuple, tuple[str, float]]:
     """{pair key: (category, score)}: one key per task, or per (task, shard index)."""
     if unit == "task":
         return {(row["task"],): (row["category"], float(row["score"])) for row in entry["rows"]}
@@ -164,7 +164,7 @@ def compare_models(quality: dict, baseline: str = "m1", unit: str = "task",
             continue
         base = pick_base(entry, candidates, quality)
         _check_comparable(model, entry, base, quality[base], unit)
-        mine, ref = _scores(model, entry, unit), _scores(base, quality[base], unit)
+        mine, ref = pair_scores(model, entry, unit), pair_scores(base, quality[base], unit)
         common = sorted(set(mine) & set(ref))
         categories = sorted({mine[k][0] for k in common})
         groups = [(c, [k for k in common if mine[k][0] == c]) for c in categories]
@@ -195,10 +195,7 @@ def load_quality(paths: list[str | Path]) -> dict:
         path = path / "quality.json" if path.is_dir() else path
         if not path.is_file():
             raise ToolchainError(f"{path}: no quality summary (run `poolattn bench quality`)")
-        try:
-            data = json.loads(path.read_text())
-        except json.JSONDecodeError as err:
-            raise ToolchainError(f"{path}:{err.lineno}: invalid JSON: {err.msg}") from None
+        data = read_json(path, "quality summary")
         if not isinstance(data, dict) or not isinstance(data.get("models"), dict):
             raise ToolchainError(f"{path}: expected a quality summary with a 'models' mapping")
         for model, entry in data["models"].items():

@@ -53,11 +53,7 @@ class LatencySettings:
 def source_macs(source: Path, seq_len: int) -> int:
     """Analytic MACs per text of a merged model directory (backbone + head's per-text part),
     read from its config files without loading weights."""
-    cfg = json.loads((source / "backbone" / "config.json").read_text())
-    shape = ModelShape(cfg["hidden_size"], cfg["num_hidden_layers"], cfg["intermediate_size"],
-                       cfg["num_attention_heads"],
-                       cfg.get("num_key_value_heads") or cfg["num_attention_heads"],
-                       cfg["vocab_size"])
+    shape = ModelShape.from_config(json.loads((source / "backbone" / "config.json").read_text()))
     head = HeadConfig.from_dict(json.loads((source / "pooling" / "config.json").read_text()))
     return backbone_macs(shape, seq_len) + head_macs(head, seq_len)["per_text"]
 
@@ -171,7 +167,7 @@ def run_all(preset: str, variants: Sequence[str], settings: AllSettings,
     """
     from toolchain.bench.against import compare_against
     from toolchain.bench.quality import evaluate_artifacts, trained_only
-    from toolchain.bench.report import write_report
+    from toolchain.bench.report import pairing_unit, write_report
 
     unknown = [v for v in variants if v not in VARIANTS]
     if unknown:
@@ -197,7 +193,7 @@ def run_all(preset: str, variants: Sequence[str], settings: AllSettings,
             e["run"] for e in quality.values() if e["role"] != "variant"))
         present = [b for b in references if any(e.get("run") == b or e["variant"] == b
                                                 for e in quality.values())]
-        comparison = [row for rows in compare_against(quality, present, "task",
+        comparison = [row for rows in compare_against(quality, present, pairing_unit(quality),
                                                       settings.exclude_tasks).values()
                       for row in rows]
     report = {"preset": preset, "variants": list(variants),

@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 from typing import Sequence
 
-from toolchain.atomic import write_text_atomic
+from toolchain.atomic import read_json, write_text_atomic
 from toolchain.bench.artifacts import Artifact, check_labels, open_artifact, result_dir
 from toolchain.errors import ToolchainError
 
@@ -30,10 +30,7 @@ def _previous(path: Path, tasks: list[str] | None, limit: int | None, shards: in
     """The models of an existing summary to merge into; its settings must be these."""
     if not path.is_file():
         return {}
-    try:
-        data = json.loads(path.read_text())
-    except json.JSONDecodeError as err:
-        raise ToolchainError(f"{path}:{err.lineno}: invalid JSON: {err.msg}") from None
+    data = read_json(path, "quality results")
     mine = {"tasks": tasks, "limit": limit, "shards": shards}
     theirs = {k: data.get(k) for k in mine}
     if theirs != mine:

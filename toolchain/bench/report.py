@@ -9,6 +9,7 @@ from pathlib import Path
 
 from toolchain.atomic import write_text_atomic
 from toolchain.bench.budget import format_violations
+from toolchain.bench.compare import pair_scores
 from toolchain.bench.compare import format_comparison, paired_test
 from toolchain.bench.quality import format_quality, trained_only
 
@@ -47,35 +48,52 @@ def mistral_7b_cost(analytic: list[dict], seq_len: int = 128) -> dict[str, dict[
     return out
 
 
+def pairing_unit(quality: dict | None) -> str:
+    """What one Wilcoxon pair is for these results: "shard" when the suite ran with
+    ``--shards K`` (every row of every entry has K > 1 per-shard scores, as
+    ``compare --unit shard`` needs), else "task"."""
+    counts = {len(row.get("shard_scores") or ()) for entry in (quality or {}).values()
+              for row in entry["rows"]}
+    return "shard" if len(counts) == 1 and counts.pop() > 1 else "task"
+
+
+def _baseline_label(quality: dict) -> str | None:
+    """m1's label: its onnx-fp32 entry when there is one, else its first."""
+    labels = [m for m, e in quality.items() if e["variant"] == BASELINE]
+    return next((m for m in labels if quality[m]["profile"] == "onnx-fp32"),
+                labels[0] if labels else None)
+
+
 def family_points(quality: dict | None, split: list[dict],
                   analytic: list[dict] | None = None) -> list[dict]:
-    """Per (variant, family): paired test vs m1 on the family's tasks, the head's added ms and
-    its FLOP share of a Mistral-7B backbone."""
+    """Per (variant, family): paired test vs m1 on the family's tasks (pairs by
+    ``pairing_unit``: per shard when the suite ran sharded, else per task), the head's added
+    ms and its FLOP share of a Mistral-7B backbone."""
     if not quality:
         return []
+    unit = pairing_unit(quality)
     quality = trained_only(quality)  # baselines are references, not rollout candidates
-    ref = reference_shape(split)
-    cost = {r["variant"]: r for r in split if r["shape"] == ref}
+    ref_shape = reference_shape(split)
+    cost = {r["variant"]: r for r in split if r["shape"] == ref_shape}
     at_7b = mistral_7b_cost(analytic or [])
-    base = next((e for e in quality.values() if e["variant"] == BASELINE
-                 and e["profile"] == "onnx-fp32"), None) or next(
-        (e for e in quality.values() if e["variant"] == BASELINE), None)
+    base = _baseline_label(quality)
     if base is None:
         return []
-    ref_scores = {r["task"]: float(r["score"]) for r in base["rows"]}
+    ref = pair_scores(base, quality[base], unit)
     points = []
     for model, entry in quality.items():
-        if entry["variant"] == BASELINE or entry["profile"] != base["profile"]:
+        if entry["variant"] == BASELINE or entry["profile"] != quality[base]["profile"]:
             continue
+        mine = pair_scores(model, entry, unit)
         for family in FAMILIES:
-            deltas = [float(r["score"]) - ref_scores[r["task"]] for r in entry["rows"]
-                      if family_of(r["category"]) == family and r["task"] in ref_scores]
+            deltas = [score - ref[key][1] for key, (category, score) in mine.items()
+                      if key in ref and family_of(category) == family]
             if not deltas:
                 continue
-            test = paired_test(deltas)
             row = cost.get(entry["variant"], {})
             points.append({"variant": entry["variant"], "model": model, "family": family,
-                           **test, "shape": ref, "added_ms": row.get("added_ms", 0.0),
+                           **paired_test(deltas), "unit": unit, "shape": ref_shape,
+                           "added_ms": row.get("added_ms", 0.0),
                            "added_pct": row.get("added_pct"),
                            "mistral_7b": at_7b.get(entry["variant"], {})})
     return points
@@ -126,46 +144,51 @@ def _at_7b(cost: dict) -> str:
             f"{cost.get('paper', 0):.0f}% paper-size")
 
 
+def markdown_table(columns: list[str], cells: list[list[str]]) -> str:
+    """A Markdown table: a header of ``columns``, then one line per list of cell texts."""
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    return "\n".join(lines + ["| " + " | ".join(row) + " |" for row in cells])
+
+
 def latency_markdown(rows: list[dict]) -> str:
-    lines = ["| model | runtime | provider | threads | shape | p50 ms | p95 ms | p99 ms | "
-             "texts/s | tokens/s | GFLOP/s |", "|---|---|---|---|---|---|---|---|---|---|---|"]
-    lines += [f"| {r['model']} | {r['runtime']} | {r['provider']} | {r['threads']} | {r['shape']} "
-              f"| {r['p50_ms']:.2f} | {r['p95_ms']:.2f} | {r['p99_ms']:.2f} | "
-              f"{r['texts_per_s']:.1f} | {r['tokens_per_s']:.0f} | "
-              f"{r.get('achieved_gflops', float('nan')):.1f} |" for r in rows]
-    return "\n".join(lines)
+    columns = ["model", "runtime", "provider", "threads", "shape", "p50 ms", "p95 ms", "p99 ms",
+               "texts/s", "tokens/s", "GFLOP/s"]
+    return markdown_table(columns, [
+        [str(r[k]) for k in ("model", "runtime", "provider", "threads", "shape")]
+        + [f"{r[k]:.2f}" for k in ("p50_ms", "p95_ms", "p99_ms")]
+        + [f"{r['texts_per_s']:.1f}", f"{r['tokens_per_s']:.0f}",
+           f"{r.get('achieved_gflops', float('nan')):.1f}"] for r in rows])
 
 
 def speedup_markdown(rows: list[dict]) -> str:
     """p50 ratios per variant and shape: PyTorch eager / ORT fp32 and ORT fp32 / ORT int8."""
     p50 = {(r["variant"], r["profile"], r["shape"]): r["p50_ms"] for r in rows}
-    lines = ["| variant | shape | ORT fp32 vs eager | int8 vs fp32 |", "|---|---|---|---|"]
+    cells = []
     for variant, shape in dict.fromkeys((r["variant"], r["shape"]) for r in rows):
         fp32 = p50.get((variant, "onnx-fp32", shape))
         eager, int8 = p50.get((variant, "merged", shape)), p50.get((variant, "onnx-int8", shape))
-        cells = [f"{eager / fp32:.2f}x" if fp32 and eager else "-",
-                 f"{fp32 / int8:.2f}x" if fp32 and int8 else "-"]
-        lines.append(f"| {variant} | {shape} | {cells[0]} | {cells[1]} |")
-    return "\n".join(lines)
+        cells.append([str(variant), shape, f"{eager / fp32:.2f}x" if fp32 and eager else "-",
+                      f"{fp32 / int8:.2f}x" if fp32 and int8 else "-"])
+    return markdown_table(["variant", "shape", "ORT fp32 vs eager", "int8 vs fp32"], cells)
 
 
 def split_markdown(rows: list[dict]) -> str:
-    lines = ["| variant | pooling | threads | shape | backbone ms | head ms | eos_last ms | "
-             "added ms | added % | analytic head % |", "|---|---|---|---|---|---|---|---|---|---|"]
-    lines += [f"| {r['variant']} | {r['pooling']} | {r['threads']} | {r['shape']} | "
-              f"{r['backbone_p50_ms']:.2f} | "
-              f"{r['head_p50_ms']:.3f} | {r['eos_last_p50_ms']:.3f} | {r['added_ms']:+.3f} | "
-              f"{r['added_pct']:+.1f} | {r['analytic_head_pct']:.2f} |" for r in rows]
-    return "\n".join(lines)
+    columns = ["variant", "pooling", "threads", "shape", "backbone ms", "head ms", "eos_last ms",
+               "added ms", "added %", "analytic head %"]
+    return markdown_table(columns, [
+        [str(r[k]) for k in ("variant", "pooling", "threads", "shape")]
+        + [f"{r['backbone_p50_ms']:.2f}", f"{r['head_p50_ms']:.3f}",
+           f"{r['eos_last_p50_ms']:.3f}", f"{r['added_ms']:+.3f}", f"{r['added_pct']:+.1f}",
+           f"{r['analytic_head_pct']:.2f}"] for r in rows])
 
 
 def analytic_markdown(rows: list[dict]) -> str:
-    lines = ["| variant | shape | T | head size | head GFLOP/text | backbone GFLOP/text | "
-             "head % of backbone |", "|---|---|---|---|---|---|---|"]
-    lines += [f"| {r['variant']} | {r['shape']} | {r['seq_len']} | {r['size']} | "
-              f"{r['head_gflop_per_text']:.3f} | {r['backbone_gflop_per_text']:.1f} | "
-              f"{r['head_pct']:.2f} |" for r in rows]
-    return "\n".join(lines)
+    columns = ["variant", "shape", "T", "head size", "head GFLOP/text", "backbone GFLOP/text",
+               "head % of backbone"]
+    return markdown_table(columns, [
+        [str(r[k]) for k in ("variant", "shape", "seq_len", "size")]
+        + [f"{r['head_gflop_per_text']:.3f}", f"{r['backbone_gflop_per_text']:.1f}",
+           f"{r['head_pct']:.2f}"] for r in rows])
 
 
 def rows_at_length(rows: list[dict], seq_len: int) -> list[dict]:
@@ -207,8 +230,9 @@ def render_markdown(report: dict) -> str:
     if report.get("quality"):
         sections.append(("Quality (mean main score per category)",
                          format_quality(report["quality"])))
-        sections.append(("Paired Wilcoxon signed-rank vs m1 and the baselines (one pair per "
-                         "task)", format_comparison(report["compare"])))
+        unit = next((r.get("unit", "task") for r in report["compare"]), "task")
+        sections.append((f"Paired Wilcoxon signed-rank vs m1 and the baselines (one pair per "
+                         f"{unit})", format_comparison(report["compare"])))
     for title, body in sections:
         out += ["", f"## {title}", "", body]
     out += ["", "## Plots", ""] + [f"![{Path(p).stem}]({Path(p).name})" for p in report["plots"]]
@@ -228,6 +252,7 @@ def write_report(report: dict, out_dir: str | Path) -> dict:
     violations = (report.get("budget") or {}).get("violations", [])
     points = family_points(report.get("quality"), report["split"], report.get("analytic"))
     report["family_points"] = points
+    report["pairing"] = pairing_unit(report.get("quality")) if report.get("quality") else None
     report["recommendations"] = recommend(points, violations)
     plots = [plot_latency_vs_length(report["latency"], report["split"],
                                     out_dir / "latency_vs_length.png")]

@@ -26,17 +26,9 @@ DEFAULT_SHAPES = ("mistral-7b", "qwen2-0.5b")
 HEAD_MIN_REPEATS = 25
 
 
-def shape_of(config) -> ModelShape:
-    """The analytic shape of a loaded HF decoder config."""
-    return ModelShape(config.hidden_size, config.num_hidden_layers, config.intermediate_size,
-                      config.num_attention_heads,
-                      getattr(config, "num_key_value_heads", None) or config.num_attention_heads,
-                      config.vocab_size)
-
-
 def model_macs_per_text(model, seq_len: int) -> dict[str, int]:
     """Analytic MACs of one text through ``model`` (an EmbeddingModel): backbone, head, total."""
-    backbone = backbone_macs(shape_of(model.backbone.config), seq_len)
+    backbone = backbone_macs(ModelShape.from_config(model.backbone.config), seq_len)
     head = head_macs(model.head_config, seq_len)["total"]
     return {"backbone": backbone, "head": head, "total": backbone + head}
 

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import click
 
+from toolchain.atomic import write_text_atomic
 from toolchain.bench.latency import ALL_GRID, DEFAULT_GRID
 
 BUDGET_HELP = "budget YAML (benchmarks/budgets/default.yaml); violations exit 1"
@@ -31,8 +32,7 @@ def _budget_gate(budget, **results) -> None:
 
 def _write_json(path: str | None, data) -> None:
     if path:
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
-        Path(path).write_text(json.dumps(data, indent=2, default=str) + "\n")
+        write_text_atomic(Path(path), json.dumps(data, indent=2, default=str) + "\n")
         click.echo(f"wrote {path}")
 
 

@@ -6,6 +6,8 @@ import json
 
 import click
 
+from toolchain.contract import Attention
+
 from toolchain.modeling.shapes import MODEL_SHAPES
 
 
@@ -54,10 +56,12 @@ def heads_command(shape: str, seq_len: int, as_json: bool) -> None:
 @click.option("--preset", default="tiny-mistral", show_default=True)
 @click.option("--variant", default=None, help="m1..m5")
 @click.option("--pooling", default=None, help="explicit pooling (with --attention)")
-@click.option("--attention", type=click.Choice(["causal", "bidirectional"]), default=None)
+@click.option("--attention", type=click.Choice(list(Attention)), default=None)
 @click.option("--model-dir", type=click.Path(), default=None, help="a saved model directory")
+@click.option("--empty", "empty_texts", type=click.Choice(["embed", "refuse"]), default="embed",
+              show_default=True, help="an empty text: embed it as [BOS] EOS, or refuse it")
 @click.argument("texts", nargs=-1)
-def embed_command(preset, variant, pooling, attention, model_dir, texts) -> None:
+def embed_command(preset, variant, pooling, attention, model_dir, empty_texts, texts) -> None:
     """Embed TEXTS and print shape, norms and the first values (a smoke check)."""
     from toolchain.modeling import build_embedding_model, load_embedding_model
 
@@ -65,6 +69,7 @@ def embed_command(preset, variant, pooling, attention, model_dir, texts) -> None
         model = load_embedding_model(model_dir)
     else:
         model = build_embedding_model(preset, variant, pooling=pooling, attention=attention)
+    model.tokenizer.empty_texts = empty_texts
     emb = model.encode(list(texts))
     click.echo(f"variant {model.variant.name}: {tuple(emb.shape)}, norms "
                f"{[round(float(n), 6) for n in emb.norm(dim=-1)]}")

@@ -36,11 +36,7 @@ def build_command(out: Path | None, limit: int | None) -> None:
 
     out = out or default_data_dir()
     files = build_suite(out, limit)
-    for rel, data in files.items():
-        if rel.endswith(".jsonl"):
-            rows = data.count(b"\n")
-            click.echo(f"{rel:<58} {rows:>6} rows {len(data) / 1024:>8.1f} KiB")
-    click.echo(f"{len(files)} files, {sum(map(len, files.values())) / 2**20:.2f} MiB -> {out}")
+    _echo_built(files, out, width=58)
 
 
 @data_group.command("build-train")
@@ -67,10 +63,15 @@ def build_train_command(names: str | None, out: Path | None, limit: int | None,
     out = out or default_train_dir()
     selected = [n.strip() for n in names.split(",") if n.strip()] if names else None
     files = build_train(out, selected, limit)
+    _echo_built(files, out, width=16)
+
+
+def _echo_built(files: dict[str, bytes], out: Path, width: int) -> None:
+    """Rows and size of every JSONL file written, then the totals."""
     for rel, data in files.items():
         if rel.endswith(".jsonl"):
             rows = data.count(b"\n")
-            click.echo(f"{rel:<16} {rows:>6} rows {len(data) / 1024:>8.1f} KiB")
+            click.echo(f"{rel:<{width}} {rows:>6} rows {len(data) / 1024:>8.1f} KiB")
     click.echo(f"{len(files)} files, {sum(map(len, files.values())) / 2**20:.2f} MiB -> {out}")
 
 

@@ -84,23 +84,22 @@ def plan_command(preset, gpus, zero_stage, offload, head_size, variant, chunk_si
     """Per-GPU memory (parameters, gradients, optimizer state, activations with and without
     gradient checkpointing) of training PRESET, next to DeepSpeed's estimators, and a verdict
     for 80 / 40 / 24 GB cards."""
-    from toolchain.plan import plan_memory, settings_for_preset, shape_of
+    from toolchain.modeling.shapes import ModelShape
+    from toolchain.plan import plan_memory, settings_for_preset
     from toolchain.plan import sweep as sweep_plans
     from toolchain.presets import load_preset
 
     loaded = load_preset(preset)
     if sweep:
         rows = sweep_plans(loaded, head_size=head_size, variant=variant, seq_len=seq_len,
-                           precision=precision, chunk_size=chunk_size or None)
+                           precision=precision, chunk_size=chunk_size)
         click.echo(json.dumps(rows, indent=2) if as_json else render_sweep(rows))
         return
     overrides = dict(gpus=gpus, zero_stage=int(zero_stage) if zero_stage else None,
                      offload=offload, head_size=head_size, variant=variant, seq_len=seq_len,
-                     precision=precision, chunk_size=chunk_size or None)
+                     precision=precision, chunk_size=chunk_size)  # 0 = no GradCache
     settings = settings_for_preset(loaded, **overrides)
-    if chunk_size == 0:
-        settings.chunk_size = None
-    plan = plan_memory(settings, shape_of(loaded))
+    plan = plan_memory(settings, ModelShape.from_preset(loaded))
     click.echo(json.dumps(plan.to_dict(), indent=2) if as_json else render_plan(plan))
 
 

@@ -4,58 +4,59 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Callable
 
 import click
+
+from toolchain.train.settings import TrainSetting, overrides_from_flags, train_settings
 
 EPILOG = """\b
 Examples:
   poolattn train --preset tiny-mistral --variant m5
   poolattn train --preset tiny-mistral --variant m1 --zero 3 --steps 20 --chunk-size 8
   poolattn train --preset tiny-mistral --variant m3 --nproc 2          # torchrun, gloo on CPU
-  torchrun --nproc_per_node 8 -m toolchain.train.launch --preset mistral-7b --variant m5
+  torchrun --nproc_per_node 8 -m toolchain.cli.train_rank --preset mistral-7b --variant m5
 Writes runs/<preset>/<variant>/: checkpoints/step-N/, final/, metrics.jsonl, ds_config.json,
 train_config.json. A killed run resumes from its last checkpoint (--no-resume starts over).
+A setting flag left out keeps the preset's value (its train: key is in brackets).
 """
 
-# CLI flag -> TrainConfig key (None means: keep the preset's value).
-OVERRIDES = {"data": "data", "data_limit": "data_limit", "zero": "zero_stage", "offload": "offload", "steps": "steps",
-             "batch_size": "batch_size", "chunk_size": "chunk_size", "grad_accum": "grad_accum",
-             "max_length": "max_length", "lr": "lr", "warmup": "warmup_steps", "seed": "seed",
-             "save_every": "save_every", "gradient_checkpointing": "gradient_checkpointing",
-             "precision": "precision", "temperature": "temperature",
-             "negatives": "negatives_per_query", "weight_decay": "weight_decay",
-             "group_rows": "group_rows", "head_lr": "head_lr"}
+
+def _epilog() -> str:
+    """EPILOG plus the settings only a preset can hold (no flag)."""
+    preset_only = [f"  train.{s.key}: {s.help}" for s in train_settings() if s.preset_only]
+    if not preset_only:
+        return EPILOG
+    return EPILOG + "\n\b\nPreset-only settings (the preset's train: section):\n" + "\n".join(preset_only)
 
 
-@click.command("train", epilog=EPILOG)
+def _setting_option(setting: TrainSetting) -> Callable:
+    """One click option for a TrainConfig setting; default None keeps the preset's value."""
+    help_text = f"{setting.help} [train.{setting.key}]"
+    if setting.kind is bool:
+        return click.option(f"{setting.flag}/--no-{setting.flag[2:]}", setting.name, default=None,
+                            help=help_text)
+    if setting.choices:
+        kind = click.Choice(setting.choices)
+    else:  # a list setting is comma-separated text (split in overrides_from_flags)
+        kind = {int: click.INT, float: click.FLOAT}.get(setting.kind, click.STRING)
+    return click.option(setting.flag, setting.name, type=kind, default=None, help=help_text)
+
+
+def setting_options(command: Callable) -> Callable:
+    """Decorator: the options of every TrainConfig setting that has a flag, in field order."""
+    for setting in reversed(train_settings()):
+        if not setting.preset_only:
+            command = _setting_option(setting)(command)
+    return command
+
+
+@click.command("train", epilog=_epilog())
 @click.option("--preset", default="tiny-mistral", show_default=True, help="preset name or path")
 @click.option("--variant", default=None, help="m1..m5")
 @click.option("--pooling", default=None, help="explicit pooling (with --attention)")
 @click.option("--attention", default=None, help="causal | bidirectional (with --pooling)")
-@click.option("--data", default=None,
-              help="training JSONL (default: the preset's train.data, relative to the repository)")
-@click.option("--data-limit", type=int, default=None, help="use only the first N rows")
-@click.option("--zero", type=int, default=None, help="DeepSpeed ZeRO stage: 2 or 3")
-@click.option("--offload/--no-offload", default=None, help="optimizer state on CPU (ZeRO-3)")
-@click.option("--steps", type=int, default=None, help="optimizer steps")
-@click.option("--batch-size", type=int, default=None, help="contrastive batch (queries, all ranks)")
-@click.option("--chunk-size", type=int, default=None, help="GradCache chunk (texts); 0 = off")
-@click.option("--grad-accum", type=int, default=None, help="contrastive batches per step")
-@click.option("--max-length", type=int, default=None, help="tokens per text, EOS included")
-@click.option("--lr", type=float, default=None, help="peak learning rate")
-@click.option("--head-lr", type=float, default=None, help="peak learning rate of the pooling head")
-@click.option("--warmup", type=int, default=None, help="linear warm-up steps")
-@click.option("--seed", type=int, default=None, help="seed (head init, data order, dropout)")
-@click.option("--save-every", type=int, default=None, help="checkpoint every N steps")
-@click.option("--gradient-checkpointing/--no-gradient-checkpointing", default=None,
-              help="recompute activations in backward")
-@click.option("--precision", type=click.Choice(["auto", "bf16", "fp32"]), default=None,
-              help="auto: bf16 on a GPU or a CPU with bf16 units (AMX / AVX512-BF16), else fp32")
-@click.option("--group-rows", type=int, default=None,
-              help="texts per forward pass, sorted by length; 0 = one padded pass")
-@click.option("--temperature", type=float, default=None, help="InfoNCE temperature on cosine")
-@click.option("--negatives", type=int, default=None, help="hard negatives per query")
-@click.option("--weight-decay", type=float, default=None, help="AdamW weight decay (matrices)")
+@setting_options
 @click.option("--run-dir", type=click.Path(), default=None,
               help="default: runs/<preset>/<variant>")
 @click.option("--resume/--no-resume", default=True, show_default=True,
@@ -75,7 +76,7 @@ def train_command(ctx: click.Context, preset, variant, pooling, attention, run_d
     loaded = load_preset(preset)
     if flags.get("data"):  # on the command line a relative path means the working directory
         flags["data"] = str(Path(flags["data"]).resolve())
-    config = config_for_preset(loaded, **{OVERRIDES[k]: v for k, v in flags.items()})
+    config = config_for_preset(loaded, **overrides_from_flags(flags))
     options = dict(variant=variant, pooling=pooling, attention=attention, run_dir=run_dir,
                    resume=resume)
     if nproc < 1:

@@ -28,12 +28,12 @@ MIN_DISTRACTOR_WORDS = 30
 
 _UNDERLINE = re.compile(r"([=\-~^*\"+#'`])\1{2,}")
 _ROLE = re.compile(r":(?:[\w-]+:)*([\w-]+):`([^`]*)`")
-_LINK = re.compile(r"`([^`<]*?)\s*<[^>`]*>`__?")
-_REF = re.compile(r"`([^`]+)`_{1,2}(?!\w)")
-_LITERAL = re.compile(r"``(.+?)``")
-_DEFAULT_ROLE = re.compile(r"`([^`]+)`")
-_STRONG = re.compile(r"(?<![\w*])\*\*(?=\S)([^*]+?)(?<=\S)\*\*(?![\w*])")
-_EMPHASIS = re.compile(r"(?<![\w*])\*(?=\S)([^*]+?)(?<=\S)\*(?![\w*])")
+# Inline markup, unwrapped in this order to its first group (its text): links, references,
+# literals, default roles, strong, emphasis, substitutions; footnote marks are dropped.
+_UNWRAP = [re.compile(pattern) for pattern in (
+    r"`([^`<]*?)\s*<[^>`]*>`__?", r"`([^`]+)`_{1,2}(?!\w)", r"``(.+?)``", r"`([^`]+)`",
+    r"(?<![\w*])\*\*(?=\S)([^*]+?)(?<=\S)\*\*(?![\w*])",
+    r"(?<![\w*])\*(?=\S)([^*]+?)(?<=\S)\*(?![\w*])")]
 _FOOTNOTE = re.compile(r"\s*\[(?:#\w*|\d+)\]_")
 _SUBSTITUTION = re.compile(r"\|(\w[\w ]*)\|")
 _TABLE = re.compile(r"\+[-=+]+\+|=+(?: +=+)*|\|.*\|")
@@ -60,12 +60,8 @@ def _role(match: re.Match) -> str:
 def inline(text: str) -> str:
     """reST inline markup -> its plain text (roles, links, literals, emphasis, escapes)."""
     text = _ROLE.sub(_role, text)
-    text = _LINK.sub(lambda m: m.group(1), text)
-    text = _REF.sub(lambda m: m.group(1), text)
-    text = _LITERAL.sub(lambda m: m.group(1), text)
-    text = _DEFAULT_ROLE.sub(lambda m: m.group(1), text)
-    text = _STRONG.sub(lambda m: m.group(1), text)
-    text = _EMPHASIS.sub(lambda m: m.group(1), text)
+    for markup in _UNWRAP:
+        text = markup.sub(lambda m: m.group(1), text)
     text = _FOOTNOTE.sub("", text)
     text = _SUBSTITUTION.sub(lambda m: m.group(1), text)
     text = text.replace("\\ ", "").replace("\\", "")

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from toolchain.atomic import atomic_dir
+from toolchain.atomic import atomic_dir, read_json
 from toolchain.data import brown, debian, dictd, sword
 from toolchain.data.pairs import Entry, finish_rows, normalise
 from toolchain.data.sources import SOURCES, read_members
@@ -232,10 +232,7 @@ def _previous(out: Path, rebuilt: set[str]) -> tuple[dict[str, bytes], dict]:
     path = out / PROVENANCE
     if not path.is_file():
         return {}, {}
-    try:
-        old = json.loads(path.read_text())
-    except json.JSONDecodeError as err:
-        raise ToolchainError(f"{path}:{err.lineno}: invalid JSON: {err.msg}") from None
+    old = read_json(path, "training-source provenance")
     files, infos = {}, {}
     for name, info in old.get("sources", {}).items():
         if name in rebuilt or name not in REGISTRY:

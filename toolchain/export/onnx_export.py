@@ -28,7 +28,6 @@ from torch import nn
 
 from toolchain.errors import ToolchainError
 from toolchain.modeling.model import EmbeddingModel
-from toolchain.modeling.pooling import head_macs
 
 OPSET = 18
 INPUT_NAMES = ["input_ids", "attention_mask"]
@@ -62,23 +61,16 @@ class ExportWrapper(nn.Module):
         return F.normalize(pooled.float(), p=2, dim=-1), features["token_embeddings"]
 
 
-def _query_block(model: EmbeddingModel) -> nn.Module | None:
-    block = getattr(model.head, "block", None)
-    return block if block is not None and hasattr(block, "latent_queries") else None
-
-
-@torch.no_grad()
 def precomputed_queries(model: EmbeddingModel) -> torch.Tensor | None:
-    """(1, nh, n, d) latent queries of a Perceiver head, or None for heads without them."""
-    block = _query_block(model)
-    return None if block is None else block.latent_queries().detach().clone().contiguous()
+    """The head's input-independent queries (e.g. (1, nh, n, d) latents), or None."""
+    return model.head.precomputable_queries()
 
 
 def precompute_savings(model: EmbeddingModel) -> dict:
     """MACs/FLOPs per text that the stored constant saves (independent of sequence length)."""
-    if _query_block(model) is None:
+    if precomputed_queries(model) is None:
         return {"macs_per_text": 0, "flops_per_text": 0, "what": "nothing input-independent"}
-    macs = head_macs(model.head_config, seq_len=1)["input_independent"]
+    macs = model.head.macs(model.head_config, seq_len=1)["input_independent"]
     return {"macs_per_text": int(macs), "flops_per_text": int(2 * macs),
             "what": "latent queries: to_q(norm_latents(latents)) stored as a constant"}
 

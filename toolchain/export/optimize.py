@@ -120,23 +120,6 @@ def apply_profile(source: Path, target: Path, profile: Profile, external: bool) 
             "files": _files(target, external)}
 
 
-def session_options(profile_session: dict | None, threads: int):
-    """onnxruntime.SessionOptions from a manifest's/profile's ``session`` mapping."""
-    import onnxruntime as ort
-
-    levels = {"disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
-              "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
-              "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
-              "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL}
-    options = ort.SessionOptions()
-    options.graph_optimization_level = levels[(profile_session or {}).get(
-        "graph_optimization_level", "all")]
-    options.intra_op_num_threads = threads
-    options.inter_op_num_threads = 1
-    options.log_severity_level = 3  # errors only: fp16 on CPU warns per node otherwise
-    return options
-
-
 def with_probe_output(model_path: Path):
     """The shipped graph with PROBE_VALUE re-exposed as a second output (weights not loaded).
 

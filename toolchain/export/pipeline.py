@@ -52,13 +52,12 @@ def default_targets(model_dir: Path, profiles: Sequence[Profile], out: Path | No
 def artifact_fields(model, model_dir: Path, target: Path, profile: Profile, export_info: dict,
                     transform: dict) -> dict:
     """Every manifest field except ``files`` and ``verify``."""
-    from toolchain.modeling.model import contract_fields
+    from toolchain.modeling.model import manifest_header
 
     source_manifest = read_manifest(model_dir, verify=False)
     return {
         "format_version": FORMAT_VERSION, "kind": "onnx_artifact",
-        "variant": model.variant.name, "pooling": model.variant.pooling,
-        "attention": model.variant.attention, **contract_fields(model),
+        **manifest_header(model).to_fields(),
         "vocab_size": int(model.backbone.config.vocab_size),
         "instruction_templates": INSTRUCTION_TEMPLATES,
         "model_file": MODEL_FILE, "external_data": export_info["external_data"],

@@ -24,50 +24,18 @@ from pathlib import Path
 import numpy as np
 
 from toolchain.atomic import sha256_file
-from toolchain.errors import ToolchainError
+from toolchain.contract import Attention, source_model_dir
 from toolchain.export.profiles import Gates
-from toolchain.export.probe_texts import PROBE_TEXTS
+from toolchain.probe_texts import PROBE_TEXTS
+from toolchain.parity import compare, random_batch, repad
 
 SHAPES = ((1, 1), (1, 9), (2, 16), (3, 31), (4, 64), (2, None))  # None: max_length
 PROBE_PADS = (0, 3)
 
 
-def compare(candidate: np.ndarray, reference: np.ndarray) -> dict:
-    """Max |diff| and the minimum per-row cosine of two (N, H) arrays."""
-    a, b = candidate.astype(np.float64), reference.astype(np.float64)
-    norms = np.linalg.norm(a, axis=-1) * np.linalg.norm(b, axis=-1)
-    cos = (a * b).sum(-1) / np.maximum(norms, 1e-12)
-    return {"max_abs": float(np.abs(a - b).max()), "min_cosine": float(cos.min())}
-
-
-def random_batch(rng: np.random.Generator, batch: int, length: int, vocab: int, pad_id: int,
-                 side: str) -> tuple[np.ndarray, np.ndarray]:
-    """Random ids, row 0 full length, others random lengths, padded on ``side``."""
-    ids = np.full((batch, length), pad_id, dtype=np.int64)
-    mask = np.zeros((batch, length), dtype=np.int64)
-    for row in range(batch):
-        n = length if row == 0 else int(rng.integers(1, length + 1))
-        span = slice(length - n, length) if side == "left" else slice(0, n)
-        ids[row, span] = rng.integers(3, vocab, n)
-        mask[row, span] = 1
-    return ids, mask
-
-
-def repad(ids: np.ndarray, mask: np.ndarray, side: str, extra: int, pad_id: int):
-    """Re-pad a batch on ``side`` with ``extra`` more columns of padding."""
-    width = ids.shape[1] + extra
-    out_ids = np.full((ids.shape[0], width), pad_id, dtype=np.int64)
-    out_mask = np.zeros_like(out_ids)
-    for row in range(ids.shape[0]):
-        real = ids[row][mask[row].astype(bool)]
-        span = slice(width - len(real), width) if side == "left" else slice(0, len(real))
-        out_ids[row, span], out_mask[row, span] = real, 1
-    return out_ids, out_mask
-
-
 def probe_attention(model_path: Path, manifest: dict, tol: float) -> dict:
     """Observed attention mode of the graph at ``model_path`` (see module docstring)."""
-    from toolchain.embedder import ort_session
+    from toolchain.ort_session import ort_session
     from toolchain.export.onnx_export import PROBE_VALUE
     from toolchain.export.optimize import with_probe_output
 
@@ -88,21 +56,9 @@ def probe_attention(model_path: Path, manifest: dict, tol: float) -> dict:
         states = session.run([PROBE_VALUE], {"input_ids": batch.astype(np.int64),
                                              "attention_mask": mask})[0]
         deltas.append(float(np.abs(states[0, pad].astype(np.float64) - states[1, pad]).max()))
-    observed = {"causal" if d <= tol else "bidirectional" for d in deltas}
-    return {"observed": observed.pop() if len(observed) == 1 else "inconsistent",
+    observed = {Attention.CAUSAL if d <= tol else Attention.BIDIRECTIONAL for d in deltas}
+    return {"observed": str(observed.pop()) if len(observed) == 1 else "inconsistent",
             "first_token_shift": deltas, "pads": list(PROBE_PADS), "tolerance": tol}
-
-
-def source_model_dir(artifact: Path, manifest: dict) -> Path:
-    """The merged model dir an artifact came from: relative path first (relocatable runs)."""
-    source = manifest.get("source", {})
-    for candidate in (artifact / source.get("model_dir_relative", "\0"),
-                      Path(manifest.get("model_dir", "\0"))):
-        if (candidate / "manifest.json").is_file():
-            return candidate
-    raise ToolchainError(f"{artifact}/manifest.json: source model dir not found "
-                         f"({source.get('model_dir_relative')}, {manifest.get('model_dir')}); "
-                         "pass --model-dir")
 
 
 class _Checks:
@@ -208,9 +164,7 @@ def verify_artifact(artifact: str | Path, model_dir: str | Path | None = None, r
     checks = _Checks(embedder, reference.eval(), Gates(**manifest["profile"]["gates"]))
     if stale:
         checks.failures.append(stale)
-    source = {"variant": reference.variant.name, "pooling": reference.variant.pooling,
-              "attention": reference.variant.attention}
-    for field, value in source.items():
+    for field, value in reference.variant.fields().items():
         if value != manifest[field]:
             checks.failures.append(f"manifest {field} {manifest[field]!r} but the source model "
                                    f"is {value!r}")

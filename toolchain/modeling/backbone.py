@@ -16,6 +16,7 @@ from transformers import (AutoConfig, AutoModel, AutoTokenizer, LlamaConfig, Lla
                           MistralConfig, MistralModel, Qwen2Config, Qwen2Model)
 
 from toolchain.assets import fetch_asset
+from toolchain.contract import Attention
 from toolchain.errors import ToolchainError
 from toolchain.presets import BackboneSpec
 
@@ -29,8 +30,11 @@ ATTN_IMPLEMENTATIONS = ("eager", "sdpa")
 CAUSAL_TOLERANCE = 1e-5
 
 
-def attention_of(config) -> str:
-    return "causal" if getattr(config, "is_causal", True) else "bidirectional"
+def attention_of(config) -> Attention:
+    """The attention mode a HF config object (or its config.json dict) declares."""
+    causal = (config.get("is_causal", True) if isinstance(config, dict)
+              else getattr(config, "is_causal", True))
+    return Attention.CAUSAL if causal else Attention.BIDIRECTIONAL
 
 
 def _load_tokenizer(ref: str):
@@ -61,18 +65,17 @@ def _check_hf_dir(path: Path) -> None:
         raise ToolchainError(f"{path}: not a model directory (no config.json)")
 
 
-def load_backbone(spec: BackboneSpec, attention: str = "causal",
+def load_backbone(spec: BackboneSpec, attention: str = Attention.CAUSAL,
                   attn_implementation: str = "sdpa") -> tuple[nn.Module, object]:
     """Build or load a base decoder (no LM head) and its tokenizer, fp32, in ``attention`` mode.
 
     Raises:
         ToolchainError: unknown architecture/attention/implementation, missing directory or config.
     """
-    if attention not in ("causal", "bidirectional"):
-        raise ToolchainError(f"unknown attention {attention!r}; known: causal, bidirectional")
+    attention = Attention.parse(attention)
     if attn_implementation not in ATTN_IMPLEMENTATIONS:
         raise ToolchainError(f"attn_implementation must be one of {ATTN_IMPLEMENTATIONS}")
-    is_causal = attention == "causal"
+    is_causal = attention == Attention.CAUSAL
     if spec.source == "config":
         if spec.architecture not in ARCHITECTURES:
             raise ToolchainError(f"unknown architecture {spec.architecture!r}; "
@@ -151,7 +154,7 @@ def verify_attention(model: nn.Module, expected: str, where: str = "model") -> N
         raise ToolchainError(f"{where}: config says {declared} attention, expected {expected}")
     for pad_left in (0, 3):
         delta = causality_delta(model, model.config.vocab_size, pad_left=pad_left)
-        observed = "causal" if delta < CAUSAL_TOLERANCE else "bidirectional"
+        observed = Attention.CAUSAL if delta < CAUSAL_TOLERANCE else Attention.BIDIRECTIONAL
         if observed != expected:
             raise ToolchainError(f"{where}: behaves {observed} (first-token shift {delta:.3g}, "
                                  f"pad {pad_left}) but should be {expected}")

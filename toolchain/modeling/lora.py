@@ -13,6 +13,7 @@ import json
 import shutil
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import torch
 from safetensors.torch import load_file
@@ -21,6 +22,7 @@ from toolchain.errors import ToolchainError
 from toolchain.modeling.dropout import use_packed_bits_dropout
 from toolchain.modeling.model import EmbeddingModel, build_embedding_model, save_head
 from toolchain.modeling.pooling import HeadConfig
+from toolchain.modeling.variants import Variant
 from toolchain.presets import Preset, load_preset
 
 TRAINED_JSON = "trained.json"
@@ -66,8 +68,7 @@ def save_trained(model: EmbeddingModel, target: Path, preset: Preset, settings: 
     if preset.path is None:
         raise ToolchainError(f"preset {preset.name} has no source file to copy")
     shutil.copyfile(preset.path, target / "preset.yaml")
-    info = {"variant": model.variant.name, "pooling": model.variant.pooling,
-            "attention": model.variant.attention, "preset": preset.name,
+    info = {**model.variant.fields(), "preset": preset.name,
             "lora": asdict(settings), **(extra or {})}
     (target / TRAINED_JSON).write_text(json.dumps(info, indent=2) + "\n")
 
@@ -89,17 +90,14 @@ def load_trained(checkpoint: Path, attn_implementation: str = "sdpa",
     preset = load_preset(checkpoint / "preset.yaml")
     head_fields = json.loads((checkpoint / "pooling/config.json").read_text())
     head_config = HeadConfig.from_dict(head_fields, str(checkpoint / "pooling/config.json"))
-    model = build_embedding_model(preset, pooling=info["pooling"], attention=info["attention"],
-                                  attn_implementation=attn_implementation, verify=verify,
-                                  head_overrides=_size_fields(head_config))
-    model.variant = type(model.variant)(info["variant"], info["pooling"], info["attention"])
+    variant = Variant.from_fields(info, str(checkpoint / TRAINED_JSON))
+    model = build_embedding_model(preset, variant, attn_implementation=attn_implementation,
+                                  verify=verify, head_overrides=_size_fields(head_config))
     model.backbone = PeftModel.from_pretrained(model.backbone, str(checkpoint / "adapter"))
     weights = checkpoint / "pooling/model.safetensors"
     if weights.is_file():
         state = load_file(str(weights))
-        # Biases may legitimately stay zero (m2's latent-query path gets no gradient); an empty
-        # bias fails load_state_dict's shape check below.
-        check_nonempty({k: v for k, v in state.items() if not k.endswith(".bias")}, str(weights))
+        check_nonempty(state, str(weights), must_move=lambda name: not name.endswith(".bias"))
         model.head.load_state_dict(state)
     model.eval()
     return model, preset, info
@@ -110,13 +108,15 @@ def _size_fields(config: HeadConfig) -> dict:
                                             "token_input", "layer_summary")}
 
 
-def check_nonempty(state: dict[str, torch.Tensor], where: str) -> None:
+def check_nonempty(state: dict[str, torch.Tensor], where: str,
+                   must_move: Callable[[str], bool] = lambda name: True) -> None:
     """The known peft + ZeRO-3 failure saves empty or all-zero tensors: refuse them.
 
-    LoRA B matrices start at zero, so all-zero is only an error after training (caller decides
-    by passing only tensors that must be non-zero)."""
+    Every tensor must be non-empty. All zeros is only an error for tensors training must have
+    moved (``must_move(name)``): LoRA B starts at zero, and some head biases legitimately stay
+    zero (m2's latent-query path gets no gradient: its softmax runs over a single key)."""
     for name, tensor in state.items():
         if tensor.numel() == 0:
             raise ToolchainError(f"{where}: tensor {name} is empty (ZeRO-3 partition not gathered?)")
-        if not torch.any(tensor != 0):
+        if must_move(name) and not torch.any(tensor != 0):
             raise ToolchainError(f"{where}: tensor {name} is all zeros")

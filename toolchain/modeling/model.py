@@ -18,13 +18,14 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from toolchain.atomic import atomic_dir, read_manifest, write_manifest
+from toolchain.atomic import atomic_dir, read_json, read_manifest, write_manifest
+from toolchain.contract import ManifestHeader
 from toolchain.errors import ToolchainError
-from toolchain.modeling.backbone import load_backbone, verify_attention
-from toolchain.modeling.pooling import HeadConfig, build_pooler
+from toolchain.modeling.backbone import attention_of, load_backbone, verify_attention
+from toolchain.modeling.pooling import HeadConfig, PoolingHead, build_pooler
 from toolchain.modeling.variants import Variant, resolve_variant
 from toolchain.presets import BackboneSpec, Preset, load_preset
-from toolchain.tokenization import TextTokenizer
+from toolchain.tokenization import TextTokenizer, check_texts
 
 FORMAT_VERSION = 1
 
@@ -36,7 +37,7 @@ class EmbeddingModel(nn.Module):
     Position ids come from the mask (cumsum - 1), so left and right padding agree.
     """
 
-    def __init__(self, backbone: nn.Module, head: nn.Module, tokenizer: TextTokenizer,
+    def __init__(self, backbone: nn.Module, head: PoolingHead, tokenizer: TextTokenizer,
                  variant: Variant) -> None:
         super().__init__()
         self.backbone = backbone
@@ -66,8 +67,7 @@ class EmbeddingModel(nn.Module):
     @torch.no_grad()
     def encode(self, texts: Sequence[str], batch_size: int = 32) -> torch.Tensor:
         """Embed texts in batches -> (N, H) float32 on CPU, unit norm."""
-        if isinstance(texts, str) or len(texts) == 0:
-            self.tokenizer(texts)  # raises the contract's error
+        check_texts(texts, self.tokenizer.empty_texts)
         device = next(self.parameters()).device
         chunks = []
         for start in range(0, len(texts), batch_size):
@@ -76,7 +76,7 @@ class EmbeddingModel(nn.Module):
         return torch.cat(chunks)
 
 
-def build_embedding_model(preset: Preset | str, variant: str | None = None, *,
+def build_embedding_model(preset: Preset | str, variant: str | Variant | None = None, *,
                           pooling: str | None = None, attention: str | None = None,
                           head_size: str | None = None, attn_implementation: str = "sdpa",
                           head_overrides: dict | None = None, head_seed: int = 0,
@@ -85,7 +85,7 @@ def build_embedding_model(preset: Preset | str, variant: str | None = None, *,
 
     Args:
         preset: a Preset or preset name.
-        variant: m1..m5, or None with explicit ``pooling`` and ``attention``.
+        variant: a Variant, a name (m1..m5), or None with explicit ``pooling`` and ``attention``.
         head_size: "compact" or "paper"; default: the preset's.
         attn_implementation: "eager" or "sdpa".
         head_overrides: HeadConfig fields (n_latents, num_heads, ...) on top of the size preset.
@@ -107,11 +107,11 @@ def build_embedding_model(preset: Preset | str, variant: str | None = None, *,
     return EmbeddingModel(backbone, head, tokenizer, chosen)
 
 
-def contract_fields(model: EmbeddingModel) -> dict:
+def manifest_header(model: EmbeddingModel) -> ManifestHeader:
+    """The variant and tokenisation contract every artifact of ``model`` records."""
     tok = model.tokenizer
-    return {"max_length": tok.max_length, "padding_side": tok.padding_side,
-            "eos_token_id": tok.eos_token_id, "pad_token_id": tok.pad_token_id,
-            "embedding_dim": model.head_config.hidden_size}
+    return ManifestHeader(model.variant, tok.max_length, tok.padding_side, tok.eos_token_id,
+                          tok.pad_token_id, model.head_config.hidden_size)
 
 
 def save_head(head: nn.Module, directory: Path) -> None:
@@ -123,7 +123,7 @@ def save_head(head: nn.Module, directory: Path) -> None:
         save_file(state, str(directory / "model.safetensors"))
 
 
-def load_head(directory: Path) -> nn.Module:
+def load_head(directory: Path) -> PoolingHead:
     config_path = directory / "config.json"
     if not config_path.is_file():
         raise ToolchainError(f"{config_path}: missing head config")
@@ -143,11 +143,9 @@ def save_embedding_model(model: EmbeddingModel, target: Path, extra: dict | None
         model.tokenizer.tokenizer.save_pretrained(tmp / "backbone")
         save_head(model.head, tmp / "pooling")
         fields = {"format_version": FORMAT_VERSION, "kind": "embedding_model",
-                  "variant": model.variant.name, "pooling": model.variant.pooling,
-                  "attention": model.variant.attention,
                   "modules": [{"idx": 0, "name": "backbone", "path": "backbone"},
                               {"idx": 1, "name": "pooling", "path": "pooling"}],
-                  **contract_fields(model), **(extra or {})}
+                  **manifest_header(model).to_fields(), **(extra or {})}
         manifest = write_manifest(tmp, fields)
     return manifest
 
@@ -163,10 +161,10 @@ def load_embedding_model(directory: Path | str, attn_implementation: str = "sdpa
         ToolchainError: missing/tampered files or an attention mode mismatch.
     """
     directory = Path(directory)
-    manifest = read_manifest(directory)
-    expected = manifest["attention"]
+    header = ManifestHeader.read(read_manifest(directory), directory / "manifest.json")
+    expected = header.variant.attention
     config_path = directory / "backbone" / "config.json"
-    saved = "causal" if json.loads(config_path.read_text()).get("is_causal", True) else "bidirectional"
+    saved = attention_of(read_json(config_path, "backbone config"))
     if saved != expected:
         raise ToolchainError(f"{config_path}: is_causal says {saved}, manifest says {expected}")
     spec = BackboneSpec(source="hf_dir", path=str(directory / "backbone"))
@@ -177,6 +175,5 @@ def load_embedding_model(directory: Path | str, attn_implementation: str = "sdpa
     if head.config.attention != expected:
         raise ToolchainError(f"{directory}/pooling: head built for {head.config.attention} "
                              f"attention, manifest says {expected}")
-    variant = Variant(manifest["variant"], manifest["pooling"], expected)
-    tokenizer = TextTokenizer(hf_tokenizer, manifest["max_length"], manifest["padding_side"])
-    return EmbeddingModel(backbone, head, tokenizer, variant)
+    tokenizer = TextTokenizer(hf_tokenizer, header.max_length, header.padding_side)
+    return EmbeddingModel(backbone, head, tokenizer, header.variant)

@@ -5,22 +5,22 @@ Contract (as sentence-transformers' Pooling): ``forward(features) -> features`` 
 ``needs_all_layers``, ``all_layer_embeddings`` (L + 1 tensors of (B, T, H), index 0 = embedding
 output), and writes ``sentence_embedding`` (B, H). Normalisation is a separate step.
 
-Register a head with ``@register_pooler("name")``; ``build_pooler(HeadConfig)`` builds it.
+Register a head with ``@register_pooler("name")`` on a :class:`PoolingHead` subclass; it must
+state its cost (``macs``) or registration fails. ``build_pooler(HeadConfig)`` builds it. The
+Perceiver blocks live in toolchain.modeling.latent_blocks.
 """
 
 from __future__ import annotations
 
-import math
 from dataclasses import asdict, dataclass, field, fields
-from typing import Callable, Literal
+from typing import Callable, ClassVar, Literal
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
+from toolchain.contract import Attention, Pooling, as_pooling
 from toolchain.errors import ToolchainError
-
-Attention = Literal["causal", "bidirectional"]
+from toolchain.modeling.latent_blocks import LatentCrossAttention
 
 # Trainable-head sizes. "paper" is the reference PerceiverResampler (Mistral-7B: ~1.28 B params);
 # "compact" keeps the head cheap next to the backbone (dim_head None -> hidden_size // num_heads).
@@ -37,7 +37,8 @@ class HeadConfig:
     pooling: str = field(metadata={"help": "registered pooler name, e.g. multi_layer_trainable"})
     hidden_size: int = field(metadata={"help": "backbone hidden size (= output dim)"})
     num_layers: int = field(metadata={"help": "backbone num_hidden_layers"})
-    attention: Attention = field(default="causal", metadata={"help": "backbone attention mode"})
+    attention: Attention = field(default=Attention.CAUSAL,
+                                 metadata={"help": "backbone attention mode"})
     n_latents: int = field(default=16, metadata={"help": "learned latent vectors"})
     num_heads: int = field(default=8, metadata={"help": "cross-attention heads"})
     dim_head: int | None = field(default=None, metadata={"help": "per-head dim; None: H // heads"})
@@ -52,8 +53,8 @@ class HeadConfig:
     def __post_init__(self) -> None:
         if self.pooling not in POOLERS:
             raise ToolchainError(f"unknown pooling {self.pooling!r}; known: {', '.join(POOLERS)}")
-        if self.attention not in ("causal", "bidirectional"):
-            raise ToolchainError(f"attention must be causal or bidirectional, got {self.attention!r}")
+        self.pooling = as_pooling(self.pooling)
+        self.attention = Attention.parse(self.attention, "head config field attention")
         for name in ("hidden_size", "num_layers", "n_latents", "num_heads", "ff_mult"):
             if int(getattr(self, name)) < 1:
                 raise ToolchainError(f"head config field {name} must be >= 1")
@@ -62,7 +63,7 @@ class HeadConfig:
                 raise ToolchainError(f"hidden_size {self.hidden_size} not divisible by "
                                      f"num_heads {self.num_heads}; set dim_head")
             self.dim_head = self.hidden_size // self.num_heads
-        causal = self.attention == "causal"
+        causal = self.attention == Attention.CAUSAL
         if self.token_input == "auto":
             self.token_input = "eos" if causal else "all"
         if self.layer_summary == "auto":
@@ -84,26 +85,69 @@ class HeadConfig:
         return cls(**data)
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        return {k: str(v) if isinstance(v, str) else v for k, v in asdict(self).items()}
 
 
-POOLERS: dict[str, type[nn.Module]] = {}
+MacCounts = dict[str, int]  # {"total", "input_independent", "per_text"}
 
 
-def register_pooler(name: str) -> Callable[[type[nn.Module]], type[nn.Module]]:
-    """Class decorator adding a head to the registry; duplicate names are rejected."""
+def mac_counts(total: int, input_independent: int = 0) -> MacCounts:
+    """``per_text`` = what remains once an export precomputes the input-independent part."""
+    return {"total": total, "input_independent": input_independent,
+            "per_text": total - input_independent}
 
-    def wrap(cls: type[nn.Module]) -> type[nn.Module]:
+
+class PoolingHead(nn.Module):
+    """Base of every head: holds its config and states what it costs.
+
+    Subclasses implement ``forward(features) -> features`` and the classmethod
+    ``macs(config, seq_len)``: analytic multiply-accumulates per text (a new head must state its
+    cost; registration refuses one that does not). ``precomputable_queries()`` returns the
+    input-independent query tensor an export may store as a constant (None: nothing).
+    """
+
+    needs_all_layers: ClassVar[bool] = False
+    pooler_name: ClassVar[str]
+
+    def __init__(self, config: HeadConfig) -> None:
+        super().__init__()
+        self.config = config
+
+    @classmethod
+    def macs(cls, config: HeadConfig, seq_len: int) -> MacCounts:
+        raise NotImplementedError
+
+    def precomputable_queries(self) -> torch.Tensor | None:
+        return None
+
+
+POOLERS: dict[str, type[PoolingHead]] = {}
+
+
+def register_pooler(name: str) -> Callable[[type[PoolingHead]], type[PoolingHead]]:
+    """Class decorator adding a head to the registry.
+
+    Raises:
+        ToolchainError: a duplicate name, a class that is not a PoolingHead, or one that does
+        not define ``macs`` (the bench and the planner need every head's cost).
+    """
+
+    def wrap(cls: type[PoolingHead]) -> type[PoolingHead]:
         if name in POOLERS:
-            raise ValueError(f"pooler {name!r} registered twice")
-        POOLERS[name] = cls
+            raise ToolchainError(f"pooler {name!r} registered twice")
+        if not (isinstance(cls, type) and issubclass(cls, PoolingHead)):
+            raise ToolchainError(f"pooler {name!r}: {cls!r} is not a PoolingHead subclass")
+        if cls.macs.__func__ is PoolingHead.macs.__func__:
+            raise ToolchainError(f"pooler {name!r} ({cls.__name__}) does not define "
+                                 "macs(config, seq_len): state the head's cost per text")
+        POOLERS[as_pooling(name)] = cls
         cls.pooler_name = name
         return cls
 
     return wrap
 
 
-def build_pooler(config: HeadConfig) -> nn.Module:
+def build_pooler(config: HeadConfig) -> PoolingHead:
     return POOLERS[config.pooling](config)
 
 
@@ -125,116 +169,72 @@ def masked_mean(hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Ten
     return (hidden * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1.0)
 
 
-@register_pooler("eos_last")
-class EosLastPooling(nn.Module):
+class ParameterFreePooling(PoolingHead):
+    """A fixed reduction of the last layer (``reduce(hidden, mask)``); costs nothing."""
+
+    reduce: ClassVar[Callable[[torch.Tensor, torch.Tensor], torch.Tensor]]
+
+    @classmethod
+    def macs(cls, config: HeadConfig, seq_len: int) -> MacCounts:
+        return mac_counts(0)
+
+    def forward(self, features: dict) -> dict:
+        pooled = type(self).reduce(features["token_embeddings"], features["attention_mask"])
+        return {**features, "sentence_embedding": pooled}
+
+
+@register_pooler(Pooling.EOS_LAST)
+class EosLastPooling(ParameterFreePooling):
     """m1: last-layer state of the EOS (last real) token. No parameters."""
 
-    needs_all_layers = False
-
-    def __init__(self, config: HeadConfig) -> None:
-        super().__init__()
-        self.config = config
-
-    def forward(self, features: dict) -> dict:
-        pooled = gather_last_token(features["token_embeddings"], features["attention_mask"])
-        return {**features, "sentence_embedding": pooled}
+    reduce = staticmethod(gather_last_token)
 
 
-@register_pooler("mean")
-class MeanPooling(nn.Module):
+@register_pooler(Pooling.MEAN)
+class MeanPooling(ParameterFreePooling):
     """Masked mean of the last layer over real tokens. No parameters."""
 
-    needs_all_layers = False
+    reduce = staticmethod(masked_mean)
+
+
+class LatentQueryPooling(PoolingHead):
+    """A head whose latents cross-attend to ``keys(config, seq_len)`` input rows (one
+    LatentCrossAttention block); its latent queries do not depend on the input."""
 
     def __init__(self, config: HeadConfig) -> None:
-        super().__init__()
-        self.config = config
+        super().__init__(config)
+        self.block = LatentCrossAttention(config)
 
-    def forward(self, features: dict) -> dict:
-        pooled = masked_mean(features["token_embeddings"], features["attention_mask"])
-        return {**features, "sentence_embedding": pooled}
+    @classmethod
+    def keys(cls, config: HeadConfig, seq_len: int) -> int:
+        raise NotImplementedError
 
+    @classmethod
+    def macs(cls, config: HeadConfig, seq_len: int) -> MacCounts:
+        hidden, inner, n = config.hidden_size, config.num_heads * config.dim_head, config.n_latents
+        keys = cls.keys(config, seq_len)
+        ff = 3 * config.ff_mult * hidden * hidden  # GEGLU: H -> 2mH, mH -> H
+        fixed = n * hidden * inner  # the latent query projection
+        return mac_counts(fixed + keys * hidden * 2 * inner + 2 * n * keys * inner
+                          + n * (inner * hidden + ff), fixed)
 
-class GEGLUFeedForward(nn.Module):
-    """Pre-norm LayerNorm -> Linear(H, 2mH) -> x * gelu(gate) -> Linear(mH, H)."""
-
-    def __init__(self, hidden_size: int, mult: int) -> None:
-        super().__init__()
-        self.norm = nn.LayerNorm(hidden_size)
-        self.proj_in = nn.Linear(hidden_size, 2 * mult * hidden_size, bias=False)
-        self.proj_out = nn.Linear(mult * hidden_size, hidden_size, bias=False)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        value, gate = self.proj_in(self.norm(x)).chunk(2, dim=-1)
-        return self.proj_out(value * F.gelu(gate))
-
-
-def multihead_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
-                        key_mask: torch.Tensor | None) -> torch.Tensor:
-    """q (B|1, nh, Q, d), k/v (B, nh, K, d), key_mask (B, K) of 1 = attend -> (B, nh, Q, d).
-
-    Explicit matmul with an additive float mask: exports cleanly and masks padded keys."""
-    scores = torch.matmul(q, k.transpose(-1, -2)) * (1.0 / math.sqrt(q.shape[-1]))  # (B, nh, Q, K)
-    if key_mask is not None:
-        keep = key_mask.to(torch.bool)[:, None, None, :]
-        scores = scores.masked_fill(~keep, torch.finfo(scores.dtype).min)
-    return torch.matmul(scores.softmax(dim=-1), v)
+    @torch.no_grad()
+    def precomputable_queries(self) -> torch.Tensor:
+        """(1, nh, n, d): to_q(norm_latents(latents)), stored by the export as a constant."""
+        return self.block.latent_queries().detach().clone().contiguous()
 
 
-class LatentCrossAttention(nn.Module):
-    """Reference "PerceiverResampler" block: learned latents query the inputs.
-
-    latents (n, H) -> LayerNorm -> q; inputs -> LayerNorm -> k, v; SDPA (no dropout); out proj
-    + residual onto latents; GEGLU feed-forward + residual; mean over latents -> (B, H).
-    ``latent_queries()`` does not depend on the input (export stores it as a constant).
-    """
-
-    def __init__(self, config: HeadConfig) -> None:
-        super().__init__()
-        hidden, heads, dim_head = config.hidden_size, config.num_heads, config.dim_head
-        inner = heads * dim_head
-        self.num_heads, self.dim_head = heads, dim_head
-        self.latents = nn.Parameter(torch.randn(config.n_latents, hidden))
-        self.norm_inputs = nn.LayerNorm(hidden)
-        self.norm_latents = nn.LayerNorm(hidden)
-        self.to_q = nn.Linear(hidden, inner, bias=False)
-        self.to_kv = nn.Linear(hidden, 2 * inner, bias=False)
-        self.to_out = nn.Linear(inner, hidden, bias=False)
-        self.ff = GEGLUFeedForward(hidden, config.ff_mult)
-
-    def latent_queries(self) -> torch.Tensor:
-        """(1, nh, n, d): the query projection of the normalised latents."""
-        q = self.to_q(self.norm_latents(self.latents))  # (n, nh*d)
-        return q.view(1, -1, self.num_heads, self.dim_head).transpose(1, 2)
-
-    def forward(self, inputs: torch.Tensor, key_mask: torch.Tensor | None = None,
-                queries: torch.Tensor | None = None) -> torch.Tensor:
-        batch, length, _ = inputs.shape
-        k, v = self.to_kv(self.norm_inputs(inputs)).chunk(2, dim=-1)  # (B, K, nh*d) each
-        k = k.view(batch, length, self.num_heads, self.dim_head).transpose(1, 2)  # (B, nh, K, d)
-        v = v.view(batch, length, self.num_heads, self.dim_head).transpose(1, 2)
-        q = self.latent_queries() if queries is None else queries  # (1, nh, n, d)
-        attended = multihead_attention(q, k, v, key_mask)  # (B, nh, n, d)
-        attended = attended.transpose(1, 2).reshape(batch, -1, self.num_heads * self.dim_head)
-        latents = self.latents.unsqueeze(0) + self.to_out(attended)  # (B, n, H)
-        latents = latents + self.ff(latents)
-        return latents.mean(dim=1)  # (B, H)
-
-
-@register_pooler("last_layer_trainable")
-class LastLayerTrainablePooling(nn.Module):
+@register_pooler(Pooling.LAST_LAYER_TRAINABLE)
+class LastLayerTrainablePooling(LatentQueryPooling):
     """m2 / m4: latents cross-attend to the last layer.
 
     token_input "eos": the EOS state only, (B, 1, H) (m2, causal). "all": every token with padded
     keys masked (m4, bidirectional; the reference forgot the mask).
     """
 
-    needs_all_layers = False
-
-    def __init__(self, config: HeadConfig) -> None:
-        super().__init__()
-        self.config = config
-        self.block = LatentCrossAttention(config)
+    @classmethod
+    def keys(cls, config: HeadConfig, seq_len: int) -> int:
+        return 1 if config.token_input == "eos" else seq_len
 
     def forward(self, features: dict) -> dict:
         hidden, mask = features["token_embeddings"], features["attention_mask"]
@@ -246,18 +246,20 @@ class LastLayerTrainablePooling(nn.Module):
         return {**features, "sentence_embedding": pooled}
 
 
-@register_pooler("multi_layer_trainable")
-class MultiLayerTrainablePooling(nn.Module):
+@register_pooler(Pooling.MULTI_LAYER_TRAINABLE)
+class MultiLayerTrainablePooling(LatentQueryPooling):
     """m3 / m5: one summary per layer 1..L (EOS state or masked mean), plus a learned per-layer
     embedding (added, N(0, 1) init as the reference), then latents cross-attend to the L rows."""
 
     needs_all_layers = True
 
     def __init__(self, config: HeadConfig) -> None:
-        super().__init__()
-        self.config = config
+        super().__init__(config)
         self.layer_embedding = nn.Embedding(config.num_layers, config.hidden_size)
-        self.block = LatentCrossAttention(config)
+
+    @classmethod
+    def keys(cls, config: HeadConfig, seq_len: int) -> int:
+        return config.num_layers
 
     def layer_summaries(self, features: dict) -> torch.Tensor:
         """(B, L, H) from the L transformer layers (the embedding output is excluded)."""
@@ -274,61 +276,10 @@ class MultiLayerTrainablePooling(nn.Module):
         return {**features, "sentence_embedding": pooled}
 
 
-@register_pooler("latent_attention")
-class LatentAttentionPooling(nn.Module):
-    """NV-Embed style baseline: the tokens query learned latents (keys = values = latents), a GELU
-    MLP with residual, then the masked mean over tokens."""
-
-    needs_all_layers = False
-
-    def __init__(self, config: HeadConfig) -> None:
-        super().__init__()
-        hidden, heads, dim_head = config.hidden_size, config.num_heads, config.dim_head
-        inner = heads * dim_head
-        self.config, self.num_heads, self.dim_head = config, heads, dim_head
-        self.latents = nn.Parameter(torch.randn(config.n_latents, hidden))
-        self.to_q = nn.Linear(hidden, inner, bias=False)
-        self.to_kv = nn.Linear(hidden, 2 * inner, bias=False)
-        self.to_out = nn.Linear(inner, hidden, bias=False)
-        self.mlp = nn.Sequential(nn.Linear(hidden, config.ff_mult * hidden), nn.GELU(),
-                                 nn.Linear(config.ff_mult * hidden, hidden))
-
-    def forward(self, features: dict) -> dict:
-        hidden, mask = features["token_embeddings"], features["attention_mask"]
-        batch, length, _ = hidden.shape
-        q = self.to_q(hidden).view(batch, length, self.num_heads, self.dim_head).transpose(1, 2)
-        k, v = self.to_kv(self.latents).chunk(2, dim=-1)  # (n, nh*d): input-independent
-        k = k.view(1, -1, self.num_heads, self.dim_head).transpose(1, 2)  # (1, nh, n, d)
-        v = v.view(1, -1, self.num_heads, self.dim_head).transpose(1, 2)
-        attended = multihead_attention(q, k.expand(batch, -1, -1, -1),
-                                       v.expand(batch, -1, -1, -1), None)  # (B, nh, T, d)
-        out = self.to_out(attended.transpose(1, 2).reshape(batch, length, -1))  # (B, T, H)
-        out = out + self.mlp(out)
-        return {**features, "sentence_embedding": masked_mean(out, mask)}
-
-
-def head_macs(config: HeadConfig, seq_len: int) -> dict[str, int]:
-    """Analytic multiply-accumulates per text of a head at sequence length ``seq_len``.
-
-    Returns ``{"total", "input_independent", "per_text"}``; ``per_text`` = total minus the work
-    an export can precompute once (latent query projection, or latent K/V for latent_attention).
-    """
-    hidden, inner, n = config.hidden_size, config.num_heads * config.dim_head, config.n_latents
-    ff = 3 * config.ff_mult * hidden * hidden  # GEGLU: H -> 2mH, mH -> H
-    if config.pooling in ("eos_last", "mean"):
-        total, fixed = 0, 0
-    elif config.pooling == "latent_attention":
-        fixed = n * hidden * 2 * inner
-        mlp = 2 * config.ff_mult * hidden * hidden
-        total = fixed + seq_len * (hidden * inner + 2 * n * inner + inner * hidden + mlp)
-    else:
-        if config.pooling == "multi_layer_trainable":
-            keys = config.num_layers
-        else:
-            keys = 1 if config.token_input == "eos" else seq_len
-        fixed = n * hidden * inner
-        total = fixed + keys * hidden * 2 * inner + 2 * n * keys * inner + n * (inner * hidden + ff)
-    return {"total": total, "input_independent": fixed, "per_text": total - fixed}
+def head_macs(config: HeadConfig, seq_len: int) -> MacCounts:
+    """Analytic multiply-accumulates per text of ``config``'s head at ``seq_len`` tokens:
+    ``{"total", "input_independent", "per_text"}`` (the head class's own ``macs``)."""
+    return POOLERS[config.pooling].macs(config, seq_len)
 
 
 def head_parameter_count(config: HeadConfig) -> int:

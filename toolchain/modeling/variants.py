@@ -2,19 +2,11 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
+from toolchain.contract import Attention, Pooling, Variant
 from toolchain.errors import ToolchainError
 from toolchain.modeling.pooling import POOLERS
 
-
-@dataclass(frozen=True)
-class Variant:
-    name: str
-    pooling: str
-    attention: str  # "causal" | "bidirectional"
-    description: str = ""
-
+__all__ = ["VARIANTS", "Variant", "register_variant", "resolve_variant"]
 
 VARIANTS: dict[str, Variant] = {}
 
@@ -26,18 +18,21 @@ def register_variant(variant: Variant) -> Variant:
     return variant
 
 
-register_variant(Variant("m1", "eos_last", "causal", "EOS-last-token pooling"))
-register_variant(Variant("m2", "last_layer_trainable", "causal", "trainable pooling, last layer"))
-register_variant(Variant("m3", "multi_layer_trainable", "causal", "trainable pooling, all layers"))
-register_variant(Variant("m4", "last_layer_trainable", "bidirectional",
+CAUSAL, BIDIRECTIONAL = Attention.CAUSAL, Attention.BIDIRECTIONAL
+register_variant(Variant("m1", Pooling.EOS_LAST, CAUSAL, "EOS-last-token pooling"))
+register_variant(Variant("m2", Pooling.LAST_LAYER_TRAINABLE, CAUSAL,
+                         "trainable pooling, last layer"))
+register_variant(Variant("m3", Pooling.MULTI_LAYER_TRAINABLE, CAUSAL,
+                         "trainable pooling, all layers"))
+register_variant(Variant("m4", Pooling.LAST_LAYER_TRAINABLE, BIDIRECTIONAL,
                          "trainable pooling, last layer, bidirectional"))
-register_variant(Variant("m5", "multi_layer_trainable", "bidirectional",
+register_variant(Variant("m5", Pooling.MULTI_LAYER_TRAINABLE, BIDIRECTIONAL,
                          "trainable pooling, all layers, bidirectional"))
 
 
-def resolve_variant(name: str | None = None, pooling: str | None = None,
+def resolve_variant(name: str | Variant | None = None, pooling: str | None = None,
                     attention: str | None = None) -> Variant:
-    """A registered variant by name, or an explicit pooling x attention pair.
+    """A Variant as given, a registered variant by name, or an explicit pooling x attention pair.
 
     Raises:
         ToolchainError: unknown name/pooling/attention, or both a name and a pair given.
@@ -45,6 +40,8 @@ def resolve_variant(name: str | None = None, pooling: str | None = None,
     if name is not None:
         if pooling is not None or attention is not None:
             raise ToolchainError("give a variant name or --pooling/--attention, not both")
+        if isinstance(name, Variant):
+            return name
         if name not in VARIANTS:
             raise ToolchainError(f"unknown variant {name!r}; known: {', '.join(VARIANTS)}")
         return VARIANTS[name]
@@ -52,9 +49,8 @@ def resolve_variant(name: str | None = None, pooling: str | None = None,
         raise ToolchainError("give a variant name (m1..m5) or both pooling and attention")
     if pooling not in POOLERS:
         raise ToolchainError(f"unknown pooling {pooling!r}; known: {', '.join(POOLERS)}")
-    if attention not in ("causal", "bidirectional"):
-        raise ToolchainError(f"unknown attention {attention!r}; known: causal, bidirectional")
+    mode = Attention.parse(attention)
     for variant in VARIANTS.values():
-        if (variant.pooling, variant.attention) == (pooling, attention):
+        if (variant.pooling, variant.attention) == (pooling, mode):
             return variant
-    return Variant(f"{pooling}+{attention}", pooling, attention, "explicit pair")
+    return Variant(f"{pooling}+{mode}", pooling, mode, "explicit pair")

@@ -1,7 +1,7 @@
 """Training stage: DeepSpeed ZeRO LoRA contrastive training of every variant.
 
 Entry points: ``poolattn train`` (toolchain.cli.train), ``recipe_main`` / ``TrainRecipe`` here,
-``python -m toolchain.train.launch`` under torchrun or the deepspeed launcher.
+``python -m toolchain.cli.train_rank`` under torchrun or the deepspeed launcher.
 """
 
 from toolchain.train.config import TrainConfig, config_for_preset

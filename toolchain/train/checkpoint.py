@@ -22,7 +22,7 @@ import torch
 import torch.distributed as dist
 from safetensors.torch import load_file, save_file
 
-from toolchain.atomic import atomic_dir, write_manifest
+from toolchain.atomic import atomic_dir, read_json, write_manifest
 from toolchain.errors import ToolchainError
 from toolchain.modeling.lora import LoraSettings, check_nonempty, save_trained
 from toolchain.presets import Preset
@@ -58,15 +58,8 @@ def gathered_trainable(model) -> tuple[dict[str, torch.Tensor], dict[str, torch.
     with deepspeed.zero.GatheredParameters(list(lora.values()) + list(head.values()), modifier_rank=None):
         adapter_state = {n: p.detach().float().cpu().clone() for n, p in lora.items()}
         head_state = {n: p.detach().float().cpu().clone() for n, p in head.items()}
-    for where, state in (("adapter", adapter_state), ("pooling head", head_state)):
-        for name, tensor in state.items():
-            if tensor.numel() == 0:
-                raise ToolchainError(f"{where}: tensor {name} is empty (ZeRO-3 partition not gathered?)")
-    # All zeros is only wrong where training must have moved a tensor: LoRA B (zero at init)
-    # and head weights. Head biases may stay zero (e.g. m2's query path gets no gradient: its
-    # softmax runs over a single key).
-    check_nonempty({n: t for n, t in adapter_state.items() if "lora_B" in n}, "adapter")
-    check_nonempty({n: t for n, t in head_state.items() if not n.endswith(".bias")}, "pooling head")
+    check_nonempty(adapter_state, "adapter", must_move=lambda name: "lora_B" in name)
+    check_nonempty(head_state, "pooling head", must_move=lambda name: not name.endswith(".bias"))
     return adapter_state, head_state
 
 
@@ -148,10 +141,7 @@ def latest_checkpoint(run_dir: Path) -> Path | None:
 
 def read_state(checkpoint: Path) -> dict:
     path = Path(checkpoint) / "state.json"
-    try:
-        return json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as err:
-        raise ToolchainError(f"{path}: unreadable checkpoint state: {err}") from None
+    return read_json(path, "checkpoint state")
 
 
 def load_engine_state(engine, checkpoint: Path) -> None:

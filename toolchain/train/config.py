@@ -48,32 +48,53 @@ PRECISIONS = ("auto", "bf16", "fp32")
 class TrainConfig:
     """Every value that shapes a training run. Defaults: the paper's recipe at toy scale."""
 
-    data: str = field(default=DEFAULT_DATA, metadata={"help": "training JSONL (relative to root)"})
+    # metadata: "help" (flag help and README), "flag" (a legacy flag name; default --field-name),
+    # "choices", "fields" (help per field of a nested dataclass: one flag each, --lora-r),
+    # "preset_only" (no flag). toolchain/train/settings.py turns them into flags.
+    data: str = field(default=DEFAULT_DATA, metadata={
+        "help": "training JSONL (in a preset relative to the repository, on the command line to "
+                "the working directory); replaces the preset's mixture"})
     data_limit: int | None = field(default=None, metadata={"help": "use only the first N rows"})
-    zero_stage: int = field(default=2, metadata={"help": "DeepSpeed ZeRO stage: 2 or 3"})
-    offload: bool = field(default=False, metadata={"help": "offload optimizer state to CPU (ZeRO-3)"})
+    zero_stage: int = field(default=2, metadata={"help": "DeepSpeed ZeRO stage: 2 or 3",
+                                                 "flag": "--zero"})
+    offload: bool = field(default=False, metadata={
+        "help": "optimizer state on CPU (ZeRO-3 only)"})
     steps: int = field(default=30, metadata={"help": "optimizer steps"})
-    warmup_steps: int = field(default=3, metadata={"help": "linear warm-up steps, then linear decay"})
+    warmup_steps: int = field(default=3, metadata={
+        "help": "linear warm-up steps, then linear decay", "flag": "--warmup"})
     lr: float = field(default=1e-3, metadata={"help": "peak learning rate"})
     head_lr: float | None = field(default=None, metadata={
-        "help": "peak learning rate of the pooling head (None = lr)"})
+        "help": "peak learning rate of the pooling head (null = lr)"})
     weight_decay: float = field(default=0.01, metadata={"help": "AdamW weight decay (matrices only)"})
-    batch_size: int = field(default=16, metadata={"help": "contrastive batch: queries across all ranks"})
-    chunk_size: int | None = field(default=None, metadata={"help": "GradCache chunk; None = off"})
+    batch_size: int = field(default=16, metadata={
+        "help": "contrastive batch: queries across all ranks per micro-step"})
+    chunk_size: int | None = field(default=None, metadata={
+        "help": "GradCache chunk (texts per re-forward); 0 / null = off"})
     group_rows: int | None = field(default=16, metadata={
-        "help": "texts per forward pass, sorted by length; None = one padded pass"})
-    grad_accum: int = field(default=1, metadata={"help": "contrastive batches per optimizer step"})
+        "help": "texts per forward pass, sorted by length; 0 / null = one padded pass"})
+    grad_accum: int = field(default=1, metadata={
+        "help": "contrastive batches per optimizer step (adds no negatives)"})
     max_length: int = field(default=64, metadata={"help": "tokens per text, EOS included"})
     temperature: float = field(default=0.05, metadata={"help": "InfoNCE temperature on cosine"})
-    negatives_per_query: int = field(default=1, metadata={"help": "hard negatives per query"})
+    negatives_per_query: int = field(default=1, metadata={"help": "hard negatives per query",
+                                                          "flag": "--negatives"})
     grad_clip: float = field(default=1.0, metadata={"help": "global gradient-norm clip (0 = off)"})
-    gradient_checkpointing: bool = field(default=False, metadata={"help": "recompute activations"})
-    precision: str = field(default="auto", metadata={"help": "auto | bf16 | fp32"})
+    gradient_checkpointing: bool = field(default=False, metadata={
+        "help": "recompute activations in backward"})
+    precision: str = field(default="auto", metadata={
+        "help": "auto: bf16 on a GPU or a CPU with bf16 units (AMX / AVX512-BF16), else fp32",
+        "choices": PRECISIONS})
     seed: int = field(default=0, metadata={"help": "seed of head init, data order and dropout"})
     save_every: int = field(default=10, metadata={"help": "checkpoint every N steps (0 = only final)"})
-    lora: LoraSettings = field(default_factory=LoraSettings, metadata={"help": "LoRA r/alpha/dropout"})
-    mixture: list[MixtureSource] | None = field(
-        default=None, metadata={"help": "training sources, one per batch (replaces data)"})
+    lora: LoraSettings = field(default_factory=LoraSettings, metadata={
+        "help": "LoRA on the backbone", "fields": {
+            "r": {"help": "LoRA rank"},
+            "alpha": {"help": "LoRA alpha (the update is scaled by alpha / r)"},
+            "dropout": {"help": "dropout on the LoRA input"},
+            "target_modules": {"help": "backbone projections that get LoRA, comma-separated"}}})
+    mixture: list[MixtureSource] | None = field(default=None, metadata={
+        "help": "training sources, each batch from one (replaces data; see "
+                "toolchain/train/mixture.py)", "preset_only": True})
 
     def __post_init__(self) -> None:
         if isinstance(self.lora, dict):
@@ -87,8 +108,8 @@ class TrainConfig:
             raise ToolchainError(f"train.zero_stage: unknown ZeRO stage {self.zero_stage!r}; "
                                  f"known: {', '.join(map(str, ZERO_STAGES))}")
         if self.offload and self.zero_stage != 3:
-            raise ToolchainError("train.offload: optimizer offload ships as zero3_offload.json; "
-                                 "use zero_stage 3")
+            raise ToolchainError("train.offload: optimizer offload needs ZeRO-3 (it ships as "
+                                 "zero3_offload.json); use zero_stage 3")
         if self.precision not in PRECISIONS:
             raise ToolchainError(f"train.precision: {self.precision!r} not one of {PRECISIONS}")
         for name in ("steps", "batch_size", "grad_accum", "max_length"):
@@ -133,9 +154,12 @@ class TrainConfig:
             raise ToolchainError(f"{where}: {err}") from None
 
     def with_overrides(self, **overrides) -> "TrainConfig":
-        """A copy with the non-None overrides applied (CLI flags); validates again."""
+        """A copy with the non-None overrides applied (CLI flags); validates again. A ``lora``
+        mapping updates the current LoRA settings key by key (``lora={"r": 8}`` keeps alpha)."""
         data = self.to_dict()
         data.update({k: v for k, v in overrides.items() if v is not None})
+        if isinstance(overrides.get("lora"), dict):
+            data["lora"] = {**asdict(self.lora), **overrides["lora"]}
         if overrides.get("data") is not None and overrides.get("mixture") is None:
             data["mixture"] = None  # a data file on the command line replaces the mixture
         return TrainConfig.from_dict(data, where="command line")

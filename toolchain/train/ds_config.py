@@ -7,9 +7,9 @@ file with the run's numbers in it. Bucket sizes follow the usual hidden-size rul
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
+from toolchain.atomic import read_json
 from toolchain.errors import ToolchainError
 from toolchain.paths import project_root
 from toolchain.train.config import TrainConfig
@@ -82,10 +82,7 @@ def resolve_ds_config(config: TrainConfig, **kwargs) -> dict:
         **kwargs: world_size, micro_batch, micro_steps, hidden_size, on_gpu (see auto_values).
     """
     path = ds_config_path(config)
-    try:
-        template = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as err:
-        raise ToolchainError(f"{path}: cannot read DeepSpeed config: {err}") from None
+    template = read_json(path, "DeepSpeed config")
     if template.get("zero_optimization", {}).get("stage") != config.zero_stage:
         raise ToolchainError(f"{path}: zero_optimization.stage is not {config.zero_stage}")
     return fill_auto(template, auto_values(config, **kwargs), str(path))

@@ -39,12 +39,6 @@ class RngState:
             yield
 
 
-def split_chunks(batch: Chunk, chunk_size: int) -> list[Chunk]:
-    """Cut a tokenised batch {"input_ids", "attention_mask"} (N, T) into row chunks."""
-    n = batch["input_ids"].shape[0]
-    return [{k: v[i:i + chunk_size] for k, v in batch.items()} for i in range(0, n, chunk_size)]
-
-
 def embed_without_graph(embed: EmbedFn, chunks: Sequence[Chunk]) -> tuple[torch.Tensor, list[RngState]]:
     """Embed every chunk without autograd -> ((N, H) float32, one RngState per chunk)."""
     states, outputs = [], []

@@ -1,8 +1,9 @@
 """Process launch: one process without a launcher, several under torchrun or the deepspeed
-launcher (multi-node: see README, "Training on several machines").
+launcher (multi-node: ds_configs/README.md).
 
-``python -m toolchain.train.launch <poolattn train options>`` is the per-rank entry point the
-launchers start; ``poolattn train --nproc N`` starts torchrun on it for you.
+The per-rank entry point the launchers start is ``python -m toolchain.cli.train_rank <poolattn
+train options>`` (RANK_ENTRY_MODULE); ``poolattn train --nproc N`` starts torchrun on it for you.
+This module names it but never imports the CLI (the CLI imports this module).
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import warnings
 
 import torch
 
-from toolchain.errors import ToolchainError
+RANK_ENTRY_MODULE = "toolchain.cli.train_rank"
 
 
 def quiet_warnings() -> None:
@@ -69,9 +70,9 @@ def init_distributed() -> tuple[int, int, torch.device]:
 
 
 def torchrun_command(args: list[str], nproc: int) -> list[str]:
-    """torchrun (standalone rendezvous, free port) on this module with ``args``."""
+    """torchrun (standalone rendezvous, free port) on the per-rank entry point with ``args``."""
     return [sys.executable, "-m", "torch.distributed.run", "--standalone",
-            f"--nproc_per_node={nproc}", "-m", "toolchain.train.launch", *args]
+            f"--nproc_per_node={nproc}", "-m", RANK_ENTRY_MODULE, *args]
 
 
 def relaunch(args: list[str], nproc: int) -> int:
@@ -88,21 +89,5 @@ def relaunch(args: list[str], nproc: int) -> int:
     return subprocess.call(torchrun_command(args, nproc), env=env)
 
 
-def main(argv: list[str] | None = None) -> None:
-    """Per-rank entry point: the `poolattn train` options, errors printed as one line."""
-    import click
-
-    from toolchain.cli.train import train_command
-
-    try:
-        train_command.main(args=argv if argv is not None else sys.argv[1:], standalone_mode=False)
-    except ToolchainError as err:
-        print(f"error: {err}", file=sys.stderr)
-        sys.exit(2)
-    except click.ClickException as err:
-        err.show()
-        sys.exit(err.exit_code)
-
-
-if __name__ == "__main__":
-    main()
+if __name__ == "__main__":  # the entry point of earlier releases: say where it went, do nothing
+    sys.exit(f"error: the per-rank entry point is now `-m {RANK_ENTRY_MODULE}` (same options)")

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import torch
 
+from toolchain.atomic import write_json_atomic
 from toolchain.errors import ToolchainError
 from toolchain.modeling import build_embedding_model, resolve_variant
 from toolchain.modeling.lora import apply_lora
@@ -34,8 +35,7 @@ from toolchain.train.gradcache import backward_from_cache, embed_without_graph
 from toolchain.train.loss import global_mean, info_nce, world
 from toolchain.train.runtime import (attention_kernel, check_max_length, max_positions,
                                      peak_rss_mb)
-from toolchain.train.rundir import (ResumePlan, clear_run, plan_resume, truncate_metrics,
-                                    write_json)
+from toolchain.train.rundir import ResumePlan, clear_run, plan_resume, truncate_metrics
 
 # Testing hook: SIGKILL every rank right after this step's metrics/checkpoint (resume tests).
 KILL_ENV = "POOLATTN_TRAIN_SIGKILL_AT_STEP"
@@ -88,8 +88,7 @@ class TrainRecipe:
                     0, self.world_size)  # raises on a batch that does not fit
         check_max_length(config.max_length, max_positions(self.preset), f"preset {self.preset.name}")
         ds_config_path(config)  # a stage/offload pair without a shipped file fails here
-        self.record = {**config.to_dict(), "preset": self.preset.name, "variant": self.variant.name,
-                       "pooling": self.variant.pooling, "attention": self.variant.attention,
+        self.record = {**config.to_dict(), "preset": self.preset.name, **self.variant.fields(),
                        "world_size": self.world_size,
                        "source_rows": {s.name: len(rows) for s, rows in self.sources}}
         self.resume_plan: ResumePlan = plan_resume(self.run_dir, self.record, resume)
@@ -112,9 +111,7 @@ class TrainRecipe:
             raise ToolchainError(f"launcher started {world_size} ranks, expected {self.world_size}")
         on_gpu = self.device.type == "cuda"
         self.precision = cfg.resolved_precision(on_gpu)
-        model = build_embedding_model(self.preset, pooling=self.variant.pooling,
-                                      attention=self.variant.attention, head_seed=cfg.seed)
-        model.variant = self.variant
+        model = build_embedding_model(self.preset, self.variant, head_seed=cfg.seed)
         check_max_length(cfg.max_length, getattr(model.backbone.config, "max_position_embeddings", None),
                          f"preset {self.preset.name}")
         model.tokenizer = TextTokenizer(model.tokenizer.tokenizer, cfg.max_length,
@@ -164,8 +161,8 @@ class TrainRecipe:
         if self.rank == 0:
             if plan.fresh:
                 clear_run(run_dir)
-            write_json(run_dir / "ds_config.json", self.ds_config)
-            write_json(run_dir / "train_config.json", self.record)
+            write_json_atomic(run_dir / "ds_config.json", self.ds_config)
+            write_json_atomic(run_dir / "train_config.json", self.record)
         if plan.checkpoint is not None:
             state = ckpt.read_state(plan.checkpoint)
             ckpt.load_engine_state(self.engine, plan.checkpoint)

@@ -10,11 +10,11 @@
 from __future__ import annotations
 
 import json
-import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
+from toolchain.atomic import read_json, write_text_atomic
 from toolchain.errors import ToolchainError
 from toolchain.train.checkpoint import latest_checkpoint, read_state
 
@@ -47,10 +47,7 @@ def plan_resume(run_dir: Path, record: dict, resume: bool) -> ResumePlan:
     saved_path = run_dir / "train_config.json"
     if not resume or not saved_path.is_file():
         return ResumePlan()
-    try:
-        saved = json.loads(saved_path.read_text())
-    except json.JSONDecodeError as err:
-        raise ToolchainError(f"{saved_path}:{err.lineno}: invalid JSON: {err.msg}") from None
+    saved = read_json(saved_path, "saved train config")
     changed = sorted(k for k in set(saved) | set(record)
                      if k not in RESUMABLE_CHANGES and saved.get(k) != record.get(k))
     if changed:
@@ -73,14 +70,6 @@ def clear_run(run_dir: Path) -> None:
             path.unlink()
 
 
-def write_json(path: Path, data: dict) -> None:
-    """Write JSON via a temp file and rename, so readers never see half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(data, indent=2) + "\n")
-    os.replace(tmp, path)
-
-
 def truncate_metrics(path: Path, last_step: int) -> None:
     """Drop metric lines written after the checkpoint we resume from (the killed run's tail)."""
     if not path.is_file():
@@ -92,9 +81,7 @@ def truncate_metrics(path: Path, last_step: int) -> None:
                 keep.append(line)
         except (json.JSONDecodeError, KeyError, TypeError):
             continue  # a line cut short by the kill
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text("".join(line + "\n" for line in keep))
-    os.replace(tmp, path)
+    write_text_atomic(path, "".join(line + "\n" for line in keep))
 
 
 def read_metrics(path: Path) -> list[dict]:

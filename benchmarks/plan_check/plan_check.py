@@ -6,7 +6,7 @@ growth during forward + backward of one chunk (vs. the plan's activations + grad
 peak is Linux's VmHWM, reset just before the step (/proc/self/clear_refs), so model building
 does not mask it.
 
-    python -m toolchain.plan_check --out benchmarks/results/plan_check   # the shipped matrix
+    .venv/bin/python benchmarks/plan_check/plan_check.py --out benchmarks/results/plan_check
 """
 
 from __future__ import annotations
@@ -18,7 +18,11 @@ import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT))  # run as a script from any directory, installed or not
+
 MIB = 2**20
+COMMAND = "python benchmarks/plan_check/plan_check.py"
 
 
 @dataclass(frozen=True)
@@ -110,10 +114,10 @@ def measure_isolated(case: CheckCase, live: bool = True) -> dict:
     ``live``: fix glibc's mmap threshold at 128 KiB so every freed tensor goes back to the OS
     and RSS follows live tensors; otherwise glibc's dynamic threshold keeps freed per-layer
     temporaries resident (allocator retention, reported separately)."""
-    code = ("import json, sys; from toolchain.plan_check import CheckCase, measure; "
-            "print(json.dumps(measure(CheckCase(**json.loads(sys.argv[1])))))")
-    proc = subprocess.run([sys.executable, "-c", code, json.dumps(asdict(case))],
-                          capture_output=True, text=True, env=_env(live))
+    # this script again, in measuring mode (see main): nothing but the case runs in the child
+    proc = subprocess.run([sys.executable, str(Path(__file__).resolve()), "--measure",
+                           json.dumps(asdict(case))], capture_output=True, text=True,
+                          env=_env(live))
     if proc.returncode != 0:
         raise RuntimeError(f"measurement failed: {proc.stderr[-2000:]}")
     return json.loads(proc.stdout.strip().splitlines()[-1])
@@ -131,14 +135,15 @@ def _env(live: bool) -> dict:
 
 def predict(case: CheckCase) -> dict:
     """The plan's fp32 figures for the case (1 process, no optimizer step)."""
-    from toolchain.plan import PlanSettings, plan_memory, shape_of
+    from toolchain.modeling.shapes import ModelShape
+    from toolchain.plan import PlanSettings, plan_memory
 
     preset = check_preset(case.preset)
     settings = PlanSettings(preset=case.preset, variant=case.variant, head_size=case.head_size,
                             gpus=1, zero_stage=2, chunk_size=case.chunk, seq_len=case.seq_len,
                             batch_size=case.chunk, precision="fp32",
                             gradient_checkpointing=case.checkpointing)
-    plan = plan_memory(settings, shape_of(preset), with_deepspeed=False)
+    plan = plan_memory(settings, ModelShape.from_preset(preset), with_deepspeed=False)
     key = "gpu_ckpt" if case.checkpointing else "gpu_no_ckpt"
     step = sum(r[key] for r in plan.rows if r["component"].startswith(("acts:", "grads:")))
     c = plan.counts
@@ -195,9 +200,13 @@ def render_markdown(rows: list[dict], command: str) -> str:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=None, help="write OUT.md and OUT.json")
+    parser.add_argument("--measure", metavar="CASE_JSON", help=argparse.SUPPRESS)  # child mode
     args = parser.parse_args(argv)
+    if args.measure:
+        print(json.dumps(measure(CheckCase(**json.loads(args.measure)))))
+        return
     rows = run_checks()
-    command = "python -m toolchain.plan_check" + (f" --out {args.out}" if args.out else "")
+    command = COMMAND + (f" --out {args.out}" if args.out else "")
     text = render_markdown(rows, command)
     print(text)
     if args.out:

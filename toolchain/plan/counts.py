@@ -1,16 +1,15 @@
 """What a training run is made of, counted without weights: parameters per part (base, LoRA,
 head) from the architecture dimensions, and the tensors autograd saves per token (decoder layers,
-calibrated) and per text (the head, counted on the meta device). Used by toolchain.plan."""
+calibrated) and per text (the head, counted on the meta device). Used by toolchain.plan.memory.
+The shape itself comes from ``ModelShape.from_preset`` / ``ModelShape.from_config``."""
 
 from __future__ import annotations
 
 import torch
 
-from toolchain.errors import ToolchainError
 from toolchain.modeling.lora import LORA_TARGETS
 from toolchain.modeling.pooling import HeadConfig, build_pooler
-from toolchain.modeling.shapes import MODEL_SHAPES, ModelShape
-from toolchain.presets import Preset
+from toolchain.modeling.shapes import ModelShape
 
 # Tensors autograd saves per token per decoder layer, in elements of the compute dtype (bf16
 # counts its fp32 up-casts as two), for a Llama/Mistral/Qwen2 layer with peft LoRA on all 7
@@ -29,48 +28,6 @@ ACTIVATION_ELEMENTS: dict[tuple[str, bool], tuple[int, int, int, int, int, int]]
     ("bf16", True): (32, 7, 14, 2, 1, 4),
     ("bf16", False): (20, 5, 14, 2, 1, 4),
 }
-
-
-def shape_of(preset: Preset) -> ModelShape:
-    """The preset's architecture dimensions, without loading weights.
-
-    Order: a top-level ``shape:`` (a MODEL_SHAPES name or a mapping of ModelShape fields), the
-    ``backbone.config`` of a config-built preset (vocab from its tokenizer), a MODEL_SHAPES entry
-    named like the preset.
-
-    Raises:
-        ToolchainError: no way to know the shape, or a malformed ``shape:``.
-    """
-    where = f"{preset.path or preset.name}: shape"
-    shape = preset.sections.get("shape")
-    if isinstance(shape, str):
-        if shape not in MODEL_SHAPES:
-            raise ToolchainError(f"{where}: unknown shape {shape!r}; "
-                                 f"known: {', '.join(MODEL_SHAPES)}")
-        return MODEL_SHAPES[shape]
-    if isinstance(shape, dict):
-        try:
-            return ModelShape(**{k: int(v) for k, v in shape.items()})
-        except (TypeError, ValueError) as err:
-            raise ToolchainError(f"{where}: {err}") from None
-    if shape is not None:
-        raise ToolchainError(f"{where}: must be a shape name or a mapping")
-    spec = preset.backbone
-    if spec.source == "config":
-        from transformers import AutoTokenizer
-
-        from toolchain.assets import fetch_asset
-
-        c = spec.config
-        vocab = len(AutoTokenizer.from_pretrained(str(fetch_asset(spec.tokenizer or ""))))
-        heads = int(c["num_attention_heads"])
-        return ModelShape(int(c["hidden_size"]), int(c["num_hidden_layers"]),
-                          int(c["intermediate_size"]), heads,
-                          int(c.get("num_key_value_heads", heads)), vocab)
-    if preset.name in MODEL_SHAPES:
-        return MODEL_SHAPES[preset.name]
-    raise ToolchainError(f"{where}: preset {preset.name} needs a top-level `shape:` "
-                         f"(one of {', '.join(MODEL_SHAPES)} or hidden_size/num_layers/...)")
 
 
 def kv_dim(shape: ModelShape) -> int:

@@ -1,4 +1,4 @@
-"""Per-GPU memory plan of a LoRA + pooling-head training run (`poolattn plan`), without weights.
+"""Per-GPU memory plan of a LoRA + pooling-head training run (`poolattn plan`), no weights.
 
 Model states (bytes per parameter, bf16 mixed precision with AdamW, as DeepSpeed keeps them):
     parameters   2 (bf16 copy) for the frozen base, the LoRA adapters and the head;
@@ -9,10 +9,11 @@ Model states (bytes per parameter, bf16 mixed precision with AdamW, as DeepSpeed
 DeepSpeed's own estimators assume every parameter is trainable (18 bytes each, partitioned);
 with LoRA only the adapters (~0.6 % of a 7B backbone) and the head train: that is the difference.
 
-Activations of one GradCache chunk: toolchain.plan_counts.ACTIVATION_ELEMENTS (saved tensors
+Activations of one GradCache chunk: toolchain.plan.counts.ACTIVATION_ELEMENTS (saved tensors
 per token per decoder layer, measured) for the backbone; the head's saved tensors are counted
 exactly by running the real head on the meta device; plus the GradCache embedding cache for the
-whole batch and the logits. toolchain.plan_check compares the result with measured memory.
+whole batch and the logits. benchmarks/plan_check/plan_check.py compares the result with
+measured memory.
 """
 
 from __future__ import annotations
@@ -25,60 +26,18 @@ from toolchain.errors import ToolchainError
 from toolchain.modeling.pooling import HeadConfig
 from toolchain.modeling.shapes import ModelShape
 from toolchain.modeling.variants import resolve_variant
-from toolchain.plan_counts import (ACTIVATION_ELEMENTS, backbone_parameter_count,
-                                   head_activation_bytes, head_saved_bytes,
+from toolchain.plan.counts import (backbone_parameter_count, head_saved_bytes,
                                    largest_module_parameters, layer_activation_elements,
-                                   lora_parameter_count, meta_head, shape_of)
+                                   lora_parameter_count, meta_head)
+from toolchain.plan.estimators import deepspeed_estimates
+from toolchain.plan.settings import DTYPE_BYTES, PlanSettings, settings_for_preset
 from toolchain.presets import Preset, load_preset
 
-__all__ = ["ACTIVATION_ELEMENTS", "MemoryPlan", "PlanSettings", "backbone_parameter_count",
-           "head_activation_bytes", "layer_activation_elements", "model_state_bytes",
-           "plan_memory", "settings_for_preset", "shape_of"]
-
 GIB = 2**30
-DTYPE_BYTES = {"bf16": 2, "fp32": 4}
 CAPACITIES_GB = (80, 40, 24)
 # Fraction of a card the plan may fill: the rest is CUDA context (~0.5-1 GB), kernels'
 # workspaces and allocator fragmentation, none of which the model sees.
 USABLE_FRACTION = 0.9
-
-
-@dataclass
-class PlanSettings:
-    """Everything a plan depends on (defaults: the preset's ``train:`` section)."""
-
-    preset: str
-    variant: str = "m5"
-    head_size: str = "paper"
-    gpus: int = 8
-    zero_stage: int = 3
-    offload: bool = False
-    chunk_size: int | None = 8
-    seq_len: int = 512
-    batch_size: int = 2048  # queries in one contrastive batch, all ranks (train.batch_size)
-    negatives_per_query: int = 1
-    precision: str = "bf16"
-    lora_r: int = 16
-    lora_dropout: float = 0.1
-    gradient_checkpointing: bool = True
-    reduce_bucket: int = 0  # elements; 0 = DeepSpeed "auto" rule (hidden^2), see ds_config
-    prefetch_bucket: int = 0
-
-    def __post_init__(self) -> None:
-        if self.gpus < 1 or self.batch_size < 1 or self.seq_len < 1:
-            raise ToolchainError("plan: gpus, batch_size and seq_len must be >= 1")
-        if self.zero_stage not in (2, 3):
-            raise ToolchainError(f"plan: --zero must be 2 or 3, got {self.zero_stage}")
-        if self.offload and self.zero_stage != 3:
-            raise ToolchainError("plan: --offload ships only with ZeRO-3 "
-                                 "(ds_configs/zero3_offload.json)")
-        if self.precision not in DTYPE_BYTES:
-            raise ToolchainError(f"plan: precision must be one of {sorted(DTYPE_BYTES)}")
-        if self.chunk_size is not None and self.chunk_size < 1:
-            raise ToolchainError("plan: --chunk-size must be >= 1")
-        if self.batch_size % self.gpus:
-            raise ToolchainError(f"plan: batch_size {self.batch_size} not divisible by "
-                                 f"{self.gpus} GPUs")
 
 
 @dataclass
@@ -110,78 +69,16 @@ class MemoryPlan:
                 "deepspeed_estimators": self.deepspeed}
 
 
-def settings_for_preset(preset: Preset | str, **overrides) -> PlanSettings:
-    """PlanSettings from the preset's ``train:`` section (precision "auto" = bf16 on GPU) and
-    head size, with the non-None ``overrides`` (CLI flags) applied. ``grad_accum`` does not
-    enter: each micro-step is a whole contrastive batch, so it changes time, not memory."""
-    from toolchain.train.config import config_for_preset
-
-    preset = load_preset(preset) if isinstance(preset, str) else preset
-    cfg = config_for_preset(preset)
-    values = dict(preset=preset.name, head_size=preset.head_size, zero_stage=cfg.zero_stage,
-                  offload=cfg.offload, chunk_size=cfg.chunk_size, seq_len=cfg.max_length,
-                  batch_size=cfg.batch_size, negatives_per_query=cfg.negatives_per_query,
-                  precision=cfg.resolved_precision(on_gpu=True), lora_r=cfg.lora.r,
-                  lora_dropout=cfg.lora.dropout, gradient_checkpointing=cfg.gradient_checkpointing)
-    values.update({k: v for k, v in overrides.items() if v is not None})
-    return PlanSettings(**values)
-
-
 def _buckets(settings: PlanSettings, hidden: int) -> tuple[int, int]:
     """(reduce, prefetch-or-allgather) bucket elements: explicit, else the trainer's "auto" rule."""
-    from toolchain.train.config import TrainConfig
     from toolchain.train.ds_config import auto_values
 
-    auto = auto_values(TrainConfig(), world_size=1, micro_batch=1, micro_steps=1,
+    auto = auto_values(settings.as_train_config(), world_size=1, micro_batch=1, micro_steps=1,
                        hidden_size=hidden, on_gpu=True)
     other = ("zero_optimization.stage3_prefetch_bucket_size" if settings.zero_stage == 3
              else "zero_optimization.allgather_bucket_size")
     return (settings.reduce_bucket or int(auto["zero_optimization.reduce_bucket_size"]),
             settings.prefetch_bucket or int(auto[other]))
-
-
-def _quiet_deepspeed_import() -> None:
-    """Import deepspeed without its accelerator-detection banner on stdout (it would corrupt
-    ``--json`` output); handlers created during the import then write to stdout as usual."""
-    import contextlib
-    import io
-    import sys
-
-    buffer = io.StringIO()
-    with contextlib.redirect_stdout(buffer):
-        import deepspeed.runtime.zero.stage3  # noqa: F401
-        import deepspeed.runtime.zero.stage_1_and_2  # noqa: F401
-    from deepspeed.utils.logging import logger
-
-    for handler in logger.handlers:
-        if getattr(handler, "stream", None) is buffer:
-            handler.setStream(sys.__stdout__)
-
-
-def deepspeed_estimates(total: int, largest: int, settings: PlanSettings) -> dict:
-    """GPU/CPU bytes from DeepSpeed's estimators (the functions that the ``*_all_cold`` tables
-    print row by row); they assume every parameter is trainable."""
-    _quiet_deepspeed_import()
-    nodes = max(1, -(-settings.gpus // 8))
-    per_node = settings.gpus // nodes
-    if settings.zero_stage == 3:
-        from deepspeed.runtime.zero.stage3 import estimate_zero3_model_states_mem_needs
-
-        cpu, gpu, _ = estimate_zero3_model_states_mem_needs(
-            total_params=total, largest_layer_params=largest, num_gpus_per_node=per_node,
-            num_nodes=nodes, cpu_offload=settings.offload, cpu_offload_params=False, zero_init=True)
-        name = "deepspeed.runtime.zero.stage3.estimate_zero3_model_states_mem_needs(_all_cold)"
-    else:
-        from deepspeed.runtime.zero.stage_1_and_2 import estimate_zero2_model_states_mem_needs
-
-        cpu, gpu = estimate_zero2_model_states_mem_needs(
-            total_params=total, num_gpus_per_node=per_node, num_nodes=nodes,
-            cpu_offload=settings.offload)
-        name = ("deepspeed.runtime.zero.stage_1_and_2."
-                "estimate_zero2_model_states_mem_needs(_all_cold)")
-    return {"function": name, "total_params": total, "largest_layer_params": largest,
-            "gpu_bytes": int(gpu), "cpu_bytes_per_node": int(cpu),
-            "assumes": "all params trainable"}
 
 
 def _row(kind: str, component: str, no_ckpt: float, ckpt: float | None = None,
@@ -248,7 +145,7 @@ def plan_memory(settings: PlanSettings, shape: ModelShape,
 
     Args:
         settings: run settings (see :func:`settings_for_preset`).
-        shape: architecture dimensions (see :func:`shape_of`).
+        shape: architecture dimensions (see ``ModelShape.from_preset``).
         with_deepspeed: also run DeepSpeed's estimator (imports deepspeed, ~3 s).
     """
     s, pb = settings, DTYPE_BYTES[settings.precision]
@@ -290,7 +187,7 @@ def sweep(preset: Preset | str, gpus: tuple[int, ...] = (1, 2, 4, 8), **override
     ``overrides`` as for :func:`settings_for_preset`. Layouts whose batch does not split evenly
     over the GPUs are skipped."""
     preset = load_preset(preset) if isinstance(preset, str) else preset
-    shape = shape_of(preset)
+    shape = ModelShape.from_preset(preset)
     rows = []
     for n in gpus:
         for stage, offload in SWEEP_LAYOUTS:

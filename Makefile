@@ -14,7 +14,7 @@ export OMP_NUM_THREADS ?= 2
 export TORCH_EXTENSIONS_DIR ?= $(abspath $(VENV))/torch-extensions
 
 .PHONY: venv assets smollm2 test test-slow train export bench study study-variants study-baselines \
-        study-report train-data clean-runs
+        study-report train-data clean-runs rehearsal-7b-width
 
 venv: $(VENV)/.installed
 $(VENV)/.installed: pyproject.toml constraints.txt
@@ -122,3 +122,11 @@ study-report: venv
 	  --paper benchmarks/study/paper_directions.yaml --markdown $(SR)/bench/study.md && \
 	$(BIN)/python benchmarks/study/record.py --preset $(STUDY) --variants "$$present" \
 	  --out $(SR)/bench/study_record.md
+
+# ---- the 7B path rehearsed at real width on CPU: Mistral-7B dimensions, 2 layers, 2 ranks ------
+# train m5 (ZeRO-3 + offload, GradCache, checkpointing; SIGKILL mid-run, resume), merge, export
+# fp32 + int8, verify, latency + cost split, m1, the paper head; each rank's peak RSS vs
+# `poolattn plan --device cpu`. Record: benchmarks/results/rehearsal_mistral_7b_width.md.
+# On a GPU node the same sequence: python benchmarks/gpu/run_gpu_validation.py --preset mistral-7b
+rehearsal-7b-width: venv assets
+	$(BIN)/python benchmarks/gpu/run_gpu_validation.py --preset mistral-7b-width --dry-run

@@ -1,6 +1,7 @@
 """Bad input gets a clear error; presets load; the CLI's help and errors."""
 
 import pytest
+import torch
 from click.testing import CliRunner
 
 from toolchain.cli import main
@@ -78,3 +79,33 @@ def test_cli_heads_and_embed():
     result = CliRunner().invoke(main, ["embed", "--variant", "m5", "hello", "world"])
     assert result.exit_code == 0, result.output
     assert "(2, 64)" in result.output
+
+
+def test_cli_init_writes_an_untrained_model_dir_with_the_chosen_head(tmp_path):
+    from toolchain.modeling import load_embedding_model
+    from toolchain.modeling.pooling import HeadConfig, head_parameter_count
+
+    out = tmp_path / "m5-paper"
+    result = CliRunner().invoke(main, ["init", "--preset", "tiny-mistral", "--variant", "m5",
+                                       "--head-size", "paper", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    model = load_embedding_model(out)
+    paper = HeadConfig.from_size("paper", pooling="multi_layer_trainable",
+                                 attention="bidirectional", hidden_size=64, num_layers=4)
+    assert sum(p.numel() for p in model.head.parameters()) == head_parameter_count(paper)
+    assert model.variant.name == "m5" and model.head_config.n_latents == 768
+    vectors = model.encode(["a text", "another text"])
+    assert torch.allclose(vectors.norm(dim=-1), torch.ones(2), atol=1e-5)
+
+
+def test_a_config_preset_may_not_set_what_the_tokenizer_sets(tmp_path):
+    import yaml
+
+    from toolchain.presets import preset_dir
+
+    data = yaml.safe_load((preset_dir() / "tiny-mistral.yaml").read_text())
+    data["backbone"]["config"]["vocab_size"] = 1000
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml.safe_dump(data))
+    with pytest.raises(ToolchainError, match=r"backbone.config.vocab_size: set from the tokenizer"):
+        load_preset(path)

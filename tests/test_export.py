@@ -130,6 +130,22 @@ def test_make_export_path_merge_export_int8_verify(tmp_path):
     assert wrong_input.exit_code == 2 and "no manifest" in wrong_input.output
 
 
+def test_fp32_and_int8_from_one_export_above_the_external_data_limit(tmp_path, monkeypatch):
+    """`export --profile fp32 --profile int8` of a model with external data (as at 7B width):
+    the fp32 copy hard-links the scratch export, which onnx refuses to read again, so the int8
+    transform must run first; both artifacts come back in the order asked for."""
+    import toolchain.export.onnx_export as onnx_export
+    from test_export_fixtures import make_model_dir
+    from toolchain.export.pipeline import export_model_dir
+
+    monkeypatch.setattr(onnx_export, "EXTERNAL_DATA_BYTES", 0)
+    model_dir = make_model_dir(tmp_path, "tiny-mistral", "m5")
+    results = export_model_dir(model_dir, ["fp32", "int8"], threads=1, log=lambda line: None)
+    assert [path.name for path, _ in results] == ["onnx-fp32", "onnx-int8"]
+    for path, report in results:
+        assert report["passed"] and read_manifest(path)["external_data"], report["failures"]
+
+
 def test_external_data_is_one_file_and_failed_verify_writes_nothing(tmp_path, monkeypatch):
     """The > 2 GiB path (one model.onnx.data), forced on a tiny model, for int8 and fp16; a third
     profile whose gate cannot pass (int8 demanding exactness) fails and leaves no directory."""

@@ -226,3 +226,41 @@ def test_plan_check_script_predicts_its_cases(monkeypatch):
     predicted = plan_check.predict(plan_check.CASES[0])
     assert predicted["trainable"] > 0 and predicted["step_peak_bytes"] > 0
     assert "benchmarks/plan_check/plan_check.py" in plan_check.COMMAND
+
+
+def test_zero3_keeps_gathered_parameters_up_to_max_live():
+    """Below stage3_max_live_parameters (1e9 in the shipped configs) ZeRO-3 keeps the whole model
+    gathered while it will be reused: the live row is the whole model; at 7B it is 1e9 params."""
+    from toolchain.plan.memory import max_live_parameters
+
+    width = _plan("mistral-7b-width", gpus=2, zero_stage=3, offload=True, precision="fp32")
+    live = next(r for r in width.rows if r["component"].startswith("ZeRO-3 live"))
+    assert max_live_parameters(width.settings) == 10**9
+    assert live["gpu_ckpt"] == 4 * width.counts["total"]  # 0.69 B < 1e9: all of it, fp32
+    seven = _plan("mistral-7b", gpus=8)
+    live = next(r for r in seven.rows if r["component"].startswith("ZeRO-3 live"))
+    assert live["gpu_ckpt"] == 2 * 10**9  # 8.4 B > 1e9: the cap, bf16
+    zero2 = _plan("mistral-7b", gpus=8, zero_stage=2)
+    assert all(r["gpu_ckpt"] == 0 for r in zero2.rows if r["component"].startswith("ZeRO-3 live"))
+
+
+def test_cpu_rank_peak_is_runtime_plus_the_larger_of_build_and_training():
+    from toolchain.plan.cpu_rank import cpu_rank_peak
+
+    plan = _plan("mistral-7b-width", gpus=2, zero_stage=3, offload=True, precision="fp32",
+                 device="cpu")
+    rank = cpu_rank_peak(plan, runtime=500 * 2**20)
+    assert rank["build"] == 500 * 2**20 + 4 * plan.counts["total"]
+    assert rank["train"] == 500 * 2**20 + plan.total(True) + sum(r["cpu"] for r in plan.rows)
+    assert rank["peak"] == max(rank["build"], rank["train"]) > rank["runtime"]
+    assert cpu_rank_peak(plan)["runtime"] > 100 * 2**20  # measured: torch + deepspeed imported
+    with pytest.raises(ToolchainError, match="device must be gpu or cpu"):
+        settings_for_preset("tiny-mistral", device="tpu")
+
+
+def test_cli_plan_device_cpu_prints_the_rank_peak():
+    result = CliRunner().invoke(main, ["plan", "--preset", "mistral-7b-width", "--gpus", "2",
+                                       "--zero", "3", "--offload", "--device", "cpu", "--json"])
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.output)
+    assert data["settings"]["device"] == "cpu" and data["cpu_rank"]["peak"] > 0

@@ -11,6 +11,8 @@ from toolchain.paths import project_root
 from toolchain.yamlfile import read_yaml_mapping
 
 BACKBONE_SOURCES = ("config", "hf_dir", "gguf", "asset")
+# a config-built backbone takes these from its tokenizer (toolchain.modeling.backbone)
+TOKENIZER_CONFIG_FIELDS = ("vocab_size", "bos_token_id", "eos_token_id", "pad_token_id")
 
 
 @dataclass
@@ -81,6 +83,10 @@ def load_preset(name_or_path: str | Path) -> Preset:
     if unknown:
         raise ToolchainError(f"{where}: backbone has unknown field(s) {sorted(unknown)}")
     spec = BackboneSpec(**backbone)
+    from_tokenizer = sorted(set(spec.config) & set(TOKENIZER_CONFIG_FIELDS))
+    if from_tokenizer:
+        raise ToolchainError(f"{where}: backbone.config.{from_tokenizer[0]}: set from the "
+                             f"tokenizer ({spec.tokenizer}); remove it from the preset")
     top = {"name", "backbone", "max_length", "padding_side", "head_size"}
     return Preset(
         name=str(data.get("name", path.stem)),

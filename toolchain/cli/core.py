@@ -1,13 +1,13 @@
-"""Foundation commands: ls, heads, embed, assets, validate."""
+"""Foundation commands: ls, heads, embed, init, assets, validate."""
 
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import click
 
 from toolchain.contract import Attention
-
 from toolchain.modeling.shapes import MODEL_SHAPES
 
 
@@ -77,6 +77,30 @@ def embed_command(preset, variant, pooling, attention, model_dir, empty_texts, t
         click.echo(f"  {text[:40]!r}: {[round(float(x), 4) for x in row[:4]]} ...")
 
 
+@click.command("init", epilog="Example: poolattn init --preset mistral-7b-width --variant m5 "
+               "--head-size paper --out runs/mistral-7b-width/m5-paper/merged")
+@click.option("--preset", required=True, help="preset name or path")
+@click.option("--variant", default=None, help="m1..m5")
+@click.option("--pooling", default=None, help="explicit pooling (with --attention)")
+@click.option("--attention", type=click.Choice(list(Attention)), default=None)
+@click.option("--head-size", type=click.Choice(["compact", "paper"]), default=None,
+              help="[default: the preset's head_size]")
+@click.option("--seed", type=int, default=0, show_default=True, help="head initialisation seed")
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), required=True,
+              help="the model directory to write (replaced atomically)")
+def init_command(preset, variant, pooling, attention, head_size, seed, out: Path) -> None:
+    """Write an untrained model directory (the preset's backbone, a freshly initialised head) in
+    the merged format, to export, verify and time a variant before (or without) training it."""
+    from toolchain.modeling import build_embedding_model, save_embedding_model
+
+    model = build_embedding_model(preset, variant, pooling=pooling, attention=attention,
+                                  head_size=head_size, head_seed=seed)
+    params = sum(p.numel() for p in model.head.parameters())
+    save_embedding_model(model, out, extra={"untrained": {"head_seed": seed}})
+    click.echo(f"{model.variant.name} ({model.head_config.pooling}, {params / 1e6:.1f} M head "
+               f"parameters) -> {out}")
+
+
 @click.command("assets", epilog="Example: poolattn assets mistral-v1-tokenizer smollm2-135m-instruct")
 @click.argument("names", nargs=-1)
 def assets_command(names) -> None:
@@ -98,4 +122,5 @@ def validate_command(presets) -> None:
         click.echo(f"{preset.name}: ok ({preset.backbone.source}, max_length {preset.max_length})")
 
 
-COMMANDS = [ls_command, heads_command, embed_command, assets_command, validate_command]
+COMMANDS = [ls_command, heads_command, embed_command, init_command, assets_command,
+            validate_command]

@@ -77,10 +77,12 @@ def render_sweep(rows: list[dict]) -> str:
 @click.option("--seq-len", type=int, default=None,
               help="tokens per text [default: the preset's train.max_length]")
 @click.option("--precision", type=click.Choice(["bf16", "fp32"]), default=None)
+@click.option("--device", type=click.Choice(["gpu", "cpu"]), default="gpu", show_default=True,
+              help="cpu: ranks are CPU processes (the rehearsal): adds each rank's peak RSS")
 @click.option("--sweep", is_flag=True, help="one line per GPU count (1/2/4/8) x ZeRO layout")
 @click.option("--json", "as_json", is_flag=True, help="print the plan as JSON")
 def plan_command(preset, gpus, zero_stage, offload, head_size, variant, chunk_size, seq_len,
-                 precision, sweep, as_json) -> None:
+                 precision, device, sweep, as_json) -> None:
     """Per-GPU memory (parameters, gradients, optimizer state, activations with and without
     gradient checkpointing) of training PRESET, next to DeepSpeed's estimators, and a verdict
     for 80 / 40 / 24 GB cards."""
@@ -97,10 +99,20 @@ def plan_command(preset, gpus, zero_stage, offload, head_size, variant, chunk_si
         return
     overrides = dict(gpus=gpus, zero_stage=int(zero_stage) if zero_stage else None,
                      offload=offload, head_size=head_size, variant=variant, seq_len=seq_len,
-                     precision=precision, chunk_size=chunk_size)  # 0 = no GradCache
+                     precision=precision, chunk_size=chunk_size,  # 0 = no GradCache
+                     device=device)
     settings = settings_for_preset(loaded, **overrides)
     plan = plan_memory(settings, ModelShape.from_preset(loaded))
-    click.echo(json.dumps(plan.to_dict(), indent=2) if as_json else render_plan(plan))
+    data = plan.to_dict()
+    text = render_plan(plan)
+    if device == "cpu":
+        from toolchain.plan.cpu_rank import cpu_rank_peak
+
+        data["cpu_rank"] = rank = cpu_rank_peak(plan)
+        text += (f"\nCPU rank peak RSS: {rank['peak'] / GIB:.2f} GiB = runtime "
+                 f"{rank['runtime'] / GIB:.2f} (measured here) + max(build {(rank['build'] - rank['runtime']) / GIB:.2f}, "
+                 f"train {(rank['train'] - rank['runtime']) / GIB:.2f})")
+    click.echo(json.dumps(data, indent=2) if as_json else text)
 
 
 COMMANDS = [plan_command]

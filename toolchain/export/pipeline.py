@@ -107,7 +107,6 @@ def export_model_dir(model_dir: str | Path, profiles: Sequence[str] = ("fp32",),
         raise ToolchainError(f"profiles {[p.name for p in loaded]}: two write the same artifact "
                              f"directory; give each profile a distinct name")
     model = load_embedding_model(model_dir)
-    results = []
     scratch_parent = targets[0].parent
     scratch_parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=".export-", dir=scratch_parent) as scratch:
@@ -116,7 +115,9 @@ def export_model_dir(model_dir: str | Path, profiles: Sequence[str] = ("fp32",),
             f"({info['graph_weight_bytes'] / 2**20:.1f} MiB of weights, external data "
             f"{info['external_data']}); "
             f"precomputed constant saves {info['precomputed']['flops_per_text']:,} FLOPs per text")
-        for profile, target in zip(loaded, targets):
+        done = {}
+        for index in _transform_order(loaded):
+            profile, target = loaded[index], targets[index]
             with atomic_dir(target) as tmp:
                 transform = apply_profile(Path(scratch), tmp, profile, info["external_data"])
                 model.tokenizer.tokenizer.save_pretrained(tmp / "tokenizer")
@@ -128,8 +129,16 @@ def export_model_dir(model_dir: str | Path, profiles: Sequence[str] = ("fp32",),
                     raise ToolchainError(f"{target}: verification failed (nothing written): "
                                          + "; ".join(report["failures"]))
                 write_manifest(tmp, {**fields, "verify": report})
-            results.append((target, report))
-    return results
+            done[index] = (target, report)
+    return [done[i] for i in range(len(loaded))]
+
+
+def _transform_order(profiles: Sequence[Profile]) -> list[int]:
+    """Indices in the order to build them: the plain fp32 copy hard-links the scratch export's
+    files, and onnx then refuses to read a data file with several links (a "hard link
+    attack"), so every profile that reads the scratch (int8, fp16) goes first."""
+    return sorted(range(len(profiles)),
+                  key=lambda i: (profiles[i].precision, profiles[i].quantization) == ("fp32", "none"))
 
 
 def summary_line(target: Path, report: dict) -> str:

@@ -2,7 +2,8 @@
 
 Model states (bytes per parameter, bf16 mixed precision with AdamW, as DeepSpeed keeps them):
     parameters   2 (bf16 copy) for the frozen base, the LoRA adapters and the head;
-                 ZeRO-3 partitions all of them over the GPUs, plus the live gathered layer
+                 ZeRO-3 partitions all of them over the GPUs, plus the gathered parameters it
+                 keeps live (up to stage3_max_live_parameters of the shipped config)
     gradients    2 (bf16) + 4 (fp32 partition), trainable parameters only, partitioned (ZeRO 2/3)
     optimizer    4 (fp32 master) + 8 (Adam moments), trainable only, partitioned; --offload moves
                  the fp32 gradient, master and moments to CPU
@@ -81,6 +82,15 @@ def _buckets(settings: PlanSettings, hidden: int) -> tuple[int, int]:
             settings.prefetch_bucket or int(auto[other]))
 
 
+def max_live_parameters(settings: PlanSettings) -> int:
+    """``stage3_max_live_parameters`` of the shipped DeepSpeed config the run would use."""
+    from toolchain.atomic import read_json
+    from toolchain.train.ds_config import ds_config_path
+
+    config = read_json(ds_config_path(settings.as_train_config()), "DeepSpeed config")
+    return int(config.get("zero_optimization", {}).get("stage3_max_live_parameters", 1e9))
+
+
 def _row(kind: str, component: str, no_ckpt: float, ckpt: float | None = None,
          cpu: float = 0) -> dict:
     return {"kind": kind, "component": component, "gpu_no_ckpt": int(no_ckpt),
@@ -91,7 +101,7 @@ def _state_rows(s: PlanSettings, counts: dict, pb: int, hidden: int, head: str) 
     """Parameters, gradients, optimizer state and ZeRO buffers per GPU."""
     shard = s.gpus if s.zero_stage == 3 else 1  # ZeRO-3 partitions frozen weights too
     trainable = counts["trainable"]
-    master = 4 if pb != 4 else 0  # the fp32 master copy exists only under mixed precision
+    master = 4  # DeepSpeed's ZeRO optimizers clone the trainable partition to fp32 even in fp32
     on_gpu = 0 if s.offload else 1
     reduce_bucket, other_bucket = _buckets(s, hidden)
     other = "prefetch" if s.zero_stage == 3 else "allgather"
@@ -99,8 +109,10 @@ def _state_rows(s: PlanSettings, counts: dict, pb: int, hidden: int, head: str) 
         _row("state", f"params: frozen base ({s.precision})", counts["base"] * pb / shard),
         _row("state", f"params: LoRA r{s.lora_r}", counts["lora"] * pb / shard),
         _row("state", f"params: head ({head})", counts["head"] * pb / shard),
-        _row("state", "ZeRO-3 live gathered module (4 B x largest)",
-             4 * counts["largest_module"] if s.zero_stage == 3 else 0),
+        # gathered parameters stay resident up to stage3_max_live_parameters while they will be
+        # reused soon (GradCache re-forwards, checkpoint recomputes): below that, the whole model
+        _row("state", "ZeRO-3 live gathered params (max_live)",
+             pb * min(counts["total"], max_live_parameters(s)) if s.zero_stage == 3 else 0),
         _row("state", f"grads: {s.precision}, trainable, partitioned", trainable * pb / s.gpus),
         _row("state", "grads: fp32 partition", on_gpu * trainable * master / s.gpus,
              cpu=(1 - on_gpu) * trainable * master / s.gpus),

@@ -24,7 +24,8 @@ class PlanSettings:
     """Everything a plan depends on (defaults: the preset's ``train:`` section).
 
     ``seq_len`` is ``train.max_length``; ``lora_r`` / ``lora_dropout`` are ``train.lora``.
-    ``precision`` "auto" resolves to bf16 (a plan is for GPUs); ``chunk_size`` 0 means None.
+    ``precision`` "auto" resolves as training would on ``device`` (bf16 on a GPU; on a CPU bf16
+    only with bf16 units); ``chunk_size`` 0 means None.
     """
 
     preset: str
@@ -43,11 +44,14 @@ class PlanSettings:
     gradient_checkpointing: bool = True
     reduce_bucket: int = 0  # elements; 0 = DeepSpeed "auto" rule (hidden^2), see ds_config
     prefetch_bucket: int = 0
+    device: str = "gpu"  # "cpu": ranks are CPU processes (the rehearsal); see plan/cpu_rank.py
 
     def __post_init__(self) -> None:
         checked = self.as_train_config()
         self.chunk_size = checked.chunk_size
-        self.precision = checked.resolved_precision(on_gpu=True)
+        if self.device not in ("gpu", "cpu"):
+            raise ToolchainError(f"plan: device must be gpu or cpu, got {self.device!r}")
+        self.precision = checked.resolved_precision(on_gpu=self.device == "gpu")
         if self.gpus < 1:
             raise ToolchainError(f"plan: gpus must be >= 1, got {self.gpus}")
         if self.batch_size % self.gpus:

@@ -34,7 +34,7 @@ from toolchain.train.ds_config import ds_config_path, resolve_ds_config
 from toolchain.train.gradcache import backward_from_cache, embed_without_graph
 from toolchain.train.loss import global_mean, info_nce, world
 from toolchain.train.runtime import (attention_kernel, check_max_length, max_positions,
-                                     peak_rss_mb)
+                                     peak_memory_mb)
 from toolchain.train.rundir import ResumePlan, clear_run, plan_resume, truncate_metrics
 
 # Testing hook: SIGKILL every rank right after this step's metrics/checkpoint (resume tests).
@@ -246,7 +246,7 @@ class TrainRecipe:
                    "step_s": seconds,
                    "tokens_per_s": result.tokens / seconds,
                    "padding_fraction": 1.0 - result.tokens / result.positions,
-                   "peak_rss_mb": peak_rss_mb(),
+                   **peak_memory_mb(self.device),
                    "elapsed_s": self.elapsed_before + time.perf_counter() - started,
                    "candidates": result.candidates,
                    "source": self.plan.source_name(step * cfg.grad_accum),

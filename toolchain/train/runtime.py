@@ -30,6 +30,15 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+def peak_memory_mb(device: torch.device) -> dict[str, float]:
+    """This rank's peak resident memory, and on a GPU its peak allocated CUDA memory (MiB):
+    what `poolattn plan` predicts (benchmarks/gpu/run_gpu_validation.py compares them)."""
+    row = {"peak_rss_mb": peak_rss_mb()}
+    if device.type == "cuda":
+        row["peak_gpu_mb"] = torch.cuda.max_memory_allocated(device) / 2**20
+    return row
+
+
 def max_positions(preset: Preset) -> int | None:
     """The backbone's max_position_embeddings, read without building it where possible."""
     spec = preset.backbone

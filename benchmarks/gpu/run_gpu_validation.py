@@ -15,7 +15,7 @@ Every stage is timed and its processes' peak resident memory is read from /proc 
 (VmHWM), next to `poolattn plan --device cpu` (on CPU) for the same settings. No model, DeepSpeed
 config, ONNX Runtime session or timer lives here: only the commands and the record.
 
-    python benchmarks/gpu/run_gpu_validation.py --preset mistral-7b --nproc 8      # GPU node
+    python benchmarks/gpu/run_gpu_validation.py --preset mistral-7b --nproc 8 --steps 4  # GPU node
     python benchmarks/gpu/run_gpu_validation.py --preset mistral-7b-width --dry-run  # CPU
     make rehearsal-7b-width                                     # the same, recorded
 """
@@ -35,7 +35,7 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
 from toolchain.atomic import write_json_atomic, write_text_atomic  # noqa: E402
-from toolchain.cpu import cpu_flags  # noqa: E402
+from toolchain.cpu import recorded_flags  # noqa: E402
 from toolchain.presets import load_preset  # noqa: E402
 from toolchain.train.config import config_for_preset  # noqa: E402
 from toolchain.train.recipe import KILL_ENV  # noqa: E402
@@ -203,7 +203,7 @@ def plan_vs_measured(record: dict) -> list[dict]:
 
 def render_markdown(record: dict) -> str:
     gib, mib = 2**30, 2**20
-    flags = ", ".join(record["cpu_flags"]) or "none of AVX2 / AVX-512 / VNNI / BF16 / AMX"
+    flags = ", ".join(f"{name} {'yes' if on else 'no'}" for name, on in record["cpu_flags"].items())
     lines = [f"# 7B path rehearsal: preset `{record['preset']}` on {record['device']} "
              f"({record['nproc']} ranks)", "", f"Reproduce: `{record['command']}`", "",
              f"CPU flags: {flags}. Every stage is a `poolattn` command; peak RSS is each rank's "
@@ -237,9 +237,10 @@ def render_markdown(record: dict) -> str:
         lines += ["", f"Paper head (`poolattn plan --head paper`): "
                   f"{paper['counts']['trainable'] / 1e6:,.0f} M trainable parameters; the plan "
                   f"puts one rank at {cpu.get('peak', 0) / gib:.1f} GiB, {record['nproc']} ranks "
-                  f"at {need / gib:.1f} GiB, {verdict} {record['memory_bytes'] / gib:.1f} GiB: "
-                  "initialised (`poolattn init --head-size paper`), exported and verified "
-                  "below, not trained here."]
+                  f"at {need / gib:.1f} GiB, {verdict} {record['memory_bytes'] / gib:.1f} GiB, "
+                  "so it is not trained here; initialised with `poolattn init --head-size paper`"
+                  + ("; exported and verified below." if "m5-paper/onnx-fp32" in record["artifacts"]
+                     else "; its export did not complete (see the stage table).")]
     lines += ["", "## Artifacts", "", "| artifact | MiB | external data | verify | cos texts | "
               "cos random | batch invariance | attention |", "|---|---|---|---|---|---|---|---|"]
     for name, a in record["artifacts"].items():
@@ -283,7 +284,7 @@ def main(argv: list[str] | None = None) -> int:
     record = {"preset": args.preset, "device": device, "nproc": nproc,
               "command": " ".join(["python benchmarks/gpu/run_gpu_validation.py",
                                    *(argv if argv is not None else sys.argv[1:])]),
-              "cpu_flags": sorted(cpu_flags()), "memory_bytes": _memory_bytes(),
+              "cpu_flags": recorded_flags(), "memory_bytes": _memory_bytes(),
               "stages": stages}
     train = ["train", "--preset", args.preset, "--nproc", str(nproc), "--zero", "3", "--offload"]
     m5 = runs / "m5"

@@ -9,8 +9,7 @@ from pathlib import Path
 
 from toolchain.atomic import write_text_atomic
 from toolchain.bench.budget import format_violations
-from toolchain.bench.compare import pair_scores
-from toolchain.bench.compare import format_comparison, paired_test
+from toolchain.bench.compare import format_comparison, pair_scores, paired_test
 from toolchain.bench.quality import format_quality, trained_only
 
 # The paper's trade-off splits along these families (Tang & Yang 2024): trainable multi-layer

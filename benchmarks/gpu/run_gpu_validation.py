@@ -34,11 +34,12 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
-from toolchain.atomic import write_json_atomic, write_text_atomic  # noqa: E402
+from toolchain.atomic import read_manifest, write_json_atomic, write_text_atomic  # noqa: E402
 from toolchain.cpu import recorded_flags  # noqa: E402
 from toolchain.presets import load_preset  # noqa: E402
 from toolchain.train.config import config_for_preset  # noqa: E402
 from toolchain.train.recipe import KILL_ENV  # noqa: E402
+from toolchain.train.rundir import read_metrics  # noqa: E402
 
 POOLATTN = [str(Path(sys.executable).with_name("poolattn"))]
 POLL_S = 0.2
@@ -148,13 +149,6 @@ def _memory_bytes() -> int:
     return int(line.split()[1]) * 1024
 
 
-def metrics(run: Path) -> list[dict]:
-    path = run / "metrics.jsonl"
-    if not path.is_file():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-
-
 def plan(preset: str, nproc: int, device: str, head: str | None = None,
          variant: str = "m5") -> dict:
     args = ["plan", "--preset", preset, "--gpus", str(nproc), "--zero", "3", "--offload",
@@ -168,7 +162,7 @@ def plan(preset: str, nproc: int, device: str, head: str | None = None,
 
 
 def artifact_facts(path: Path) -> dict:
-    manifest = json.loads((path / "manifest.json").read_text())
+    manifest = read_manifest(path, verify=False)  # verified by the export that wrote it
     size = sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
     verify = manifest.get("verify", {})
     return {"path": str(path.relative_to(ROOT) if path.is_relative_to(ROOT) else path),
@@ -297,8 +291,9 @@ def main(argv: list[str] | None = None) -> int:
     stages.append(run_stage("train m5", m5_train + ["--no-resume"], log,
                             kill_at_step=kill_after))
     stages.append(run_stage("train m5 (resumed)", m5_train, log))
-    record["m5_losses"] = [m["loss"] for m in metrics(m5)]
-    record["m5_peak_gpu_mb"] = max((m.get("peak_gpu_mb", 0) for m in metrics(m5)), default=0)
+    steps_logged = read_metrics(m5 / "metrics.jsonl")
+    record["m5_losses"] = [m["loss"] for m in steps_logged]
+    record["m5_peak_gpu_mb"] = max((m.get("peak_gpu_mb", 0) for m in steps_logged), default=0)
     stages.append(run_stage("merge m5", ["merge", str(m5)], log))
     profiles = ["fp32"] if args.quick else ["fp32", "int8"]
     stages.append(run_stage("export m5", ["export", str(m5 / "merged"),

@@ -91,6 +91,21 @@ def test_wrong_attention_label_is_caught(tmp_path_factory, tmp_path, preset, var
     assert result.exit_code == 1 and f"graph behaves {actual}" in result.output
 
 
+def test_verify_caps_rows_per_call_by_the_heads_working_set(tmp_path_factory, monkeypatch):
+    """A head whose per-text working set exceeds the budget is verified 2 texts a call (the
+    paper head at hidden 4096: ~0.6 GB a text), with the same verdict and parity."""
+    from toolchain.export import verify
+
+    run = cached_export(tmp_path_factory, "tiny-qwen2", "m5")
+    whole = verify_artifact(run / "onnx-fp32", threads=1)
+    assert whole["rows_per_call"] >= 16  # the tiny head: every probe text in one call
+    monkeypatch.setattr(verify, "ACTIVATION_BUDGET_BYTES", 1)
+    paired = verify_artifact(run / "onnx-fp32", threads=1)
+    assert paired["passed"] and paired["rows_per_call"] == 2
+    assert paired["parity_texts"]["max_abs"] <= 1e-4
+    assert paired["parity_random_shapes"]["shapes"] == whole["parity_random_shapes"]["shapes"]
+
+
 def test_tampered_artifact_is_refused(tmp_path_factory, tmp_path):
     from toolchain.embedder import Embedder
 

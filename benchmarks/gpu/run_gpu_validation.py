@@ -8,8 +8,8 @@ One sequence, parameterised by preset, on a GPU node or rehearsed on CPU:
    checkpointing, the preset's precision), killed with SIGKILL mid-run and resumed;
 3. `poolattn merge`, `poolattn export` fp32 and int8 (verify gates both);
 4. `poolattn bench latency` with its backbone / head cost split;
-5. m1 trained briefly, merged, exported (fp32); the paper-size head planned, initialised
-   (`poolattn init`), exported and verified (trained too where the plan says it fits).
+5. m1 and the paper-size head initialised (`poolattn init`), exported (fp32) and verified; the
+   paper head planned (trained too where the plan says it fits).
 
 Every stage is timed and its processes' peak resident memory is read from /proc per rank
 (VmHWM), next to `poolattn plan --device cpu` (on CPU) for the same settings. No model, DeepSpeed
@@ -55,7 +55,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    "every visible GPU otherwise)")
     p.add_argument("--steps", type=int, default=None, help="m5 steps (default: the preset's)")
     p.add_argument("--kill-after", type=int, default=None,
-                   help="SIGKILL the m5 run once this step is logged (default: steps - 1)")
+                   help="SIGKILL the m5 run once this step is logged (default: the last step, "
+                   "before its final save; the checkpoint is one step earlier)")
     p.add_argument("--grid", default="1x32,8x128", help="latency grid, BATCHxSEQ,...")
     p.add_argument("--quick", action="store_true",
                    help="m5 only: train (kill + resume), merge, export fp32, verify")
@@ -171,7 +172,8 @@ def artifact_facts(path: Path) -> dict:
             "texts_min_cosine": verify.get("parity_texts", {}).get("min_cosine"),
             "random_min_cosine": verify.get("parity_random_shapes", {}).get("min_cosine"),
             "batch_invariance": verify.get("batch_invariance", {}).get("min_cosine"),
-            "attention": verify.get("attention_probe", {}).get("observed")}
+            "attention": verify.get("attention_probe", {}).get("observed"),
+            "rows_per_call": verify.get("rows_per_call")}
 
 
 def plan_vs_measured(record: dict) -> list[dict]:
@@ -236,11 +238,13 @@ def render_markdown(record: dict) -> str:
                   + ("; exported and verified below." if "m5-paper/onnx-fp32" in record["artifacts"]
                      else "; its export did not complete (see the stage table).")]
     lines += ["", "## Artifacts", "", "| artifact | MiB | external data | verify | cos texts | "
-              "cos random | batch invariance | attention |", "|---|---|---|---|---|---|---|---|"]
+              "cos random | batch invariance | attention | texts per call |",
+              "|---|---|---|---|---|---|---|---|---|"]
     for name, a in record["artifacts"].items():
         lines.append(f"| {name} | {a['bytes'] / mib:,.0f} | {a['external_data']} | "
                      f"{'PASS' if a['verify_passed'] else 'FAIL'} | {a['texts_min_cosine']} | "
-                     f"{a['random_min_cosine']} | {a['batch_invariance']} | {a['attention']} |")
+                     f"{a['random_min_cosine']} | {a['batch_invariance']} | {a['attention']} | "
+                     f"{a.get('rows_per_call')} |")
     latency = record.get("latency")
     if latency:
         lines += ["", "## Latency and the head's share at real width", "",
@@ -283,7 +287,7 @@ def main(argv: list[str] | None = None) -> int:
     train = ["train", "--preset", args.preset, "--nproc", str(nproc), "--zero", "3", "--offload"]
     m5 = runs / "m5"
     steps = args.steps or config_for_preset(load_preset(args.preset)).steps
-    kill_after = args.kill_after or max(1, steps - 1)
+    kill_after = args.kill_after or steps
     record["plan"] = {"m5": plan(args.preset, nproc, device)}
     # a checkpoint one step before the kill, so the resume retrains exactly the killed step
     m5_train = train + ["--variant", "m5", "--run-dir", str(m5), "--steps", str(steps),
@@ -306,10 +310,10 @@ def main(argv: list[str] | None = None) -> int:
             "--warmup", "1", "--repeats", "3", "--threads", str(os.cpu_count()),
             "--provider", "cuda" if on_gpu else "cpu", "--out", str(latency)], log))
         record["latency"] = json.loads(latency.read_text())
+        # m1 has no head to train (EOS pooling, LoRA only): its real-width export is what differs
         m1 = runs / "m1"
-        stages.append(run_stage("train m1", train + ["--variant", "m1", "--run-dir", str(m1),
-                                                     "--steps", "2", "--no-resume"], log))
-        stages.append(run_stage("merge m1", ["merge", str(m1)], log))
+        stages.append(run_stage("init m1", ["init", "--preset", args.preset, "--variant", "m1",
+                                            "--out", str(m1 / "merged")], log))
         stages.append(run_stage("export m1", ["export", str(m1 / "merged")], log))
         record["artifacts"]["m1/onnx-fp32"] = artifact_facts(m1 / "onnx-fp32")
         record["plan"]["m5 paper head"] = plan(args.preset, nproc, device, head="paper")

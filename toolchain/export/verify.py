@@ -4,7 +4,8 @@ Checks (gates come from the artifact's profile, stored in its manifest):
 1. parity, ORT vs PyTorch, on random shapes (left and right padding, 1 to max_length tokens)
    and on real texts tokenised with the artifact's own tokenizer;
 2. batch and padding invariance inside ORT: each text alone vs in a padded batch, with the
-   other padding side and with extra padding;
+   other padding side and with extra padding (a "batch" is at most ``rows_per_call`` texts, so
+   a head with a large per-text working set still fits in memory, see ACTIVATION_BUDGET_BYTES);
 3. no NaN/Inf, unit norm;
 4. the attention mode, probed on the shipped graph itself: the backbone's last-layer token
    states (an internal value of model.onnx, re-exposed as an output in memory) for two rows
@@ -31,6 +32,11 @@ from toolchain.parity import compare, random_batch, repad
 
 SHAPES = ((1, 1), (1, 9), (2, 16), (3, 31), (4, 64), (2, None))  # None: max_length
 PROBE_PADS = (0, 3)
+# Rows per ORT / PyTorch call are capped so that the head's per-row working set stays under this
+# (the paper-size head at hidden 4096 holds ~0.6 GB a row: 16 texts at once cost ~10 GB in each
+# runtime, beside two copies of the weights). Never below 2 rows: batch invariance needs partners.
+ACTIVATION_BUDGET_BYTES = 2**30
+MAX_ROWS_PER_CALL = 256  # above every batch verify runs: "all at once"
 
 
 def probe_attention(model_path: Path, manifest: dict, tol: float) -> dict:
@@ -61,24 +67,44 @@ def probe_attention(model_path: Path, manifest: dict, tol: float) -> dict:
             "first_token_shift": deltas, "pads": list(PROBE_PADS), "tolerance": tol}
 
 
+def rows_per_call(reference, max_length: int) -> int:
+    """Texts per ORT / PyTorch call: the head's per-text working set (the tensors it keeps for
+    backward, counted on the meta device) within ACTIVATION_BUDGET_BYTES, at least 2."""
+    import torch
+
+    from toolchain.plan.counts import head_saved_bytes
+
+    per_text = sum(head_saved_bytes(reference.head_config, 1, max_length, torch.float32))
+    return max(2, min(MAX_ROWS_PER_CALL, ACTIVATION_BUDGET_BYTES // max(per_text, 1)))
+
+
 class _Checks:
     """Runs the numeric checks, collecting every ORT output and every failed gate."""
 
     def __init__(self, embedder, reference, gates: Gates) -> None:
         self.embedder, self.reference, self.gates = embedder, reference, gates
         self.manifest = embedder.manifest
+        self.rows_per_call = rows_per_call(reference, self.manifest["max_length"])
         self.outputs: list[np.ndarray] = []
         self.failures: list[str] = []
 
+    def _chunked(self, run, ids: np.ndarray, mask: np.ndarray) -> np.ndarray:
+        step = self.rows_per_call
+        return np.concatenate([run(ids[i:i + step], mask[i:i + step])
+                               for i in range(0, len(ids), step)])
+
     def ort(self, ids: np.ndarray, mask: np.ndarray) -> np.ndarray:
-        self.outputs.append(self.embedder.run(ids, mask))
+        self.outputs.append(self._chunked(self.embedder.run, ids, mask))
         return self.outputs[-1]
 
     def torch(self, ids: np.ndarray, mask: np.ndarray) -> np.ndarray:
         import torch
 
-        with torch.inference_mode():
-            return self.reference(torch.from_numpy(ids), torch.from_numpy(mask)).numpy()
+        def run(rows: np.ndarray, rows_mask: np.ndarray) -> np.ndarray:
+            with torch.inference_mode():
+                return self.reference(torch.from_numpy(rows), torch.from_numpy(rows_mask)).numpy()
+
+        return self._chunked(run, ids, mask)
 
     def gate(self, name: str, figures: dict, parity: bool) -> dict:
         g = self.gates
@@ -181,4 +207,5 @@ def verify_artifact(artifact: str | Path, model_dir: str | Path | None = None, r
             "profile": manifest["profile"]["name"], "parity_random_shapes": random_fig,
             "parity_texts": text_fig, "batch_invariance": batch_fig,
             "padding_invariance": pad_figs, "finite": finite, "unit_norm_max_deviation": norm_dev,
-            "attention_probe": probe, "gates": manifest["profile"]["gates"]}
+            "attention_probe": probe, "gates": manifest["profile"]["gates"],
+            "rows_per_call": checks.rows_per_call}

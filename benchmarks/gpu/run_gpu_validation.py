@@ -294,6 +294,11 @@ def main(argv: list[str] | None = None) -> int:
                         "--save-every", str(max(1, kill_after - 1))]
     stages.append(run_stage("train m5", m5_train + ["--no-resume"], log,
                             kill_at_step=kill_after))
+    # torchrun exits 1 whether its ranks were killed or failed: the steps logged tell them apart
+    logged = len(read_metrics(m5 / "metrics.jsonl")) if (m5 / "metrics.jsonl").is_file() else 0
+    if logged != kill_after:
+        raise SystemExit(f"error: stage train m5 logged {logged} steps before it ended (exit "
+                         f"{stages[-1]['exit']}), not the {kill_after} of the kill; see {log}")
     stages.append(run_stage("train m5 (resumed)", m5_train, log))
     steps_logged = read_metrics(m5 / "metrics.jsonl")
     record["m5_losses"] = [m["loss"] for m in steps_logged]

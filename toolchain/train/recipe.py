@@ -174,9 +174,8 @@ class TrainRecipe:
             torch.manual_seed(self.config.seed + 1 + 100_003 * self.rank)  # dropout stream
 
     def _embed(self, chunk: dict[str, torch.Tensor]) -> torch.Tensor:
-        with attention_kernel(self.device, self.precision):
-            return self.engine(chunk["input_ids"].to(self.device),
-                               chunk["attention_mask"].to(self.device))
+        return self.engine(chunk["input_ids"].to(self.device),
+                           chunk["attention_mask"].to(self.device))
 
     def _tokenize(self, batch: Batch) -> StepChunks:
         """Forward chunks: GradCache's where it is on, else ``group_rows`` texts sorted by length."""
@@ -237,7 +236,10 @@ class TrainRecipe:
         for step in range(self.start_step, cfg.steps):
             tick = time.perf_counter()
             lr = float(self.engine.get_lr()[0])
-            result = self.accumulate(step)
+            # forwards and backwards alike: checkpointing recomputes layers inside backward,
+            # and a recompute on another SDPA kernel saves other tensors (CheckpointError)
+            with attention_kernel(self.device, self.precision):
+                result = self.accumulate(step)
             self.engine.step()
             seconds = time.perf_counter() - tick
             self.losses.append(result.loss)

@@ -139,7 +139,8 @@ def run_stage(name: str, args: list[str], log: Path, kill_at_step: int | None = 
             raise SystemExit(f"error: stage {name} failed (exit {process.returncode}); see {log}")
         print(f"[{name}] failed (exit {process.returncode}); recorded, see {log}", flush=True)
     ranks = {k: round(v, 1) for k, v in sorted(peaks.items()) if k != "main"}
-    return {"stage": name, "command": " ".join(["poolattn", *args]), "seconds": round(seconds, 1),
+    shown = " ".join(["poolattn", *args]).replace(f"{ROOT}/", "")  # paths relative to the clone
+    return {"stage": name, "command": shown, "seconds": round(seconds, 1),
             "killed": killed, "exit": process.returncode, "peak_rss_mib": ranks or {"main": round(peaks.get("main", 0), 1)}}
 
 

@@ -42,8 +42,11 @@ def merge_command(run_dir: str, out: str | None, min_cosine: float | None) -> No
               help="artifact dir for one profile, parent of onnx-<profile> dirs for several "
                    "[default: MODEL_DIR/../onnx-<profile>]")
 @click.option("--threads", type=int, default=None, help="ORT threads for verification")
+@click.option("--fuse/--no-fuse", default=False, show_default=True,
+              help="onnxscript's ONNX Runtime fusions on the exported graph (counts in the "
+                   "manifest)")
 def export_command(model_dir: str, profiles: tuple[str, ...], out: str | None,
-                   threads: int | None) -> None:
+                   threads: int | None, fuse: bool) -> None:
     """Export MODEL_DIR (a merged model) to one ONNX graph per profile and verify each.
 
     Every artifact is verified against the PyTorch model before it is renamed into place;
@@ -52,7 +55,7 @@ def export_command(model_dir: str, profiles: tuple[str, ...], out: str | None,
     from toolchain.export.pipeline import export_model_dir
 
     _quiet()
-    export_model_dir(model_dir, profiles, out, threads, log=click.echo)
+    export_model_dir(model_dir, profiles, out, threads, fuse=fuse, log=click.echo)
 
 
 @click.command("verify", epilog="Example: poolattn verify runs/tiny-mistral/m5/onnx-int8")

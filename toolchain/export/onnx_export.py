@@ -95,13 +95,15 @@ def parameter_bytes(module: nn.Module) -> int:
     return sum(t.numel() * t.element_size() for t in tensors)
 
 
-def export_onnx(model: EmbeddingModel, directory: Path, seq_len: int = 8) -> dict:
+def export_onnx(model: EmbeddingModel, directory: Path, seq_len: int = 8,
+                fuse: bool = False) -> dict:
     """Export ``model`` to ``directory``/model.onnx (+ model.onnx.data when over 2 GiB).
 
     Args:
         model: an fp32 EmbeddingModel without adapters (merged).
         directory: existing output directory.
         seq_len: example sequence length for tracing (shapes stay dynamic).
+        fuse: apply :func:`fuse_for_ort` to the exported graph.
 
     Returns:
         Export facts for the manifest: files, external data, timing, precomputed savings.
@@ -126,6 +128,8 @@ def export_onnx(model: EmbeddingModel, directory: Path, seq_len: int = 8) -> dic
     except Exception as err:  # the exporter raises many types; report one clear line
         raise ToolchainError(f"torch.onnx.export failed: {type(err).__name__}: {err}") from err
     exported = time.perf_counter() - start
+    # fused while the probe value is still a graph output, so the rewrites keep it by name
+    fusions = fuse_for_ort(program.model) if fuse else {}
     outputs = program.model.graph.outputs
     probe = [v for v in outputs if v.name == PROBE_VALUE]
     if len(probe) != 1:
@@ -138,7 +142,20 @@ def export_onnx(model: EmbeddingModel, directory: Path, seq_len: int = 8) -> dic
     return {"files": files, "external_data": external, "export_seconds": round(exported, 2),
             "save_seconds": round(time.perf_counter() - start - exported, 2),
             "graph_weight_bytes": graph_bytes, "torch_weight_bytes": parameter_bytes(wrapper),
-            "precomputed": precompute_savings(model)}
+            "precomputed": precompute_savings(model), "fusions": fusions}
+
+
+def fuse_for_ort(model) -> dict[str, int]:
+    """onnxscript's ONNX Runtime fusions, in place on the exported ``onnx_ir`` model (RMSNorm,
+    SkipRMSNorm, rotary embedding, SDPA -> MultiHeadAttention, GELU, ...).
+
+    Returns:
+        {fusion: times matched} for every fusion that matched at least once.
+    """
+    from onnxscript.rewriter.ort_fusions import optimize_for_ort
+
+    _, counts = optimize_for_ort(model)
+    return {name: int(n) for name, n in sorted(counts.items()) if n}
 
 
 def initializer_bytes(program) -> int:

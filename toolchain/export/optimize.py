@@ -72,6 +72,34 @@ def quantize_int8(source: Path, target: Path, profile: Profile, external: bool) 
     _rename_external(target, external)
 
 
+@register_transform("fp32", "blockwise_int8")
+def quantize_blockwise_int8(source: Path, target: Path, profile: Profile, external: bool) -> None:
+    """ORT MatMulNBits: every MatMul with a constant weight gets int8 weights with one symmetric
+    scale per block of ``block_size`` inputs; ``accuracy_level`` 4 computes in int8, quantising
+    the activations per row and block (so a text's result does not depend on its batch
+    partners). Attention products (activation x activation) stay fp32."""
+    import onnx
+    from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
+
+    settings = profile.quantize or {}
+    block_size = int(settings.get("block_size", 32))
+    if block_size < 16 or block_size & (block_size - 1):
+        raise ToolchainError(f"{profile.path}: quantize.block_size {block_size} is not a power "
+                             f"of 2 >= 16 (MatMulNBits)")
+    quantizer = MatMulNBitsQuantizer(onnx.load(str(source / MODEL_FILE)), bits=8,
+                                     block_size=block_size, is_symmetric=True,
+                                     accuracy_level=int(settings.get("accuracy_level", 4)),
+                                     op_types_to_quantize=("MatMul",))
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)
+    try:
+        quantizer.process()
+    finally:
+        root.setLevel(level)
+    _save(quantizer.model.model, target, external)
+
+
 @register_transform("fp16", "none")
 def convert_fp16(source: Path, target: Path, profile: Profile, external: bool) -> None:
     """fp16 weights and compute; the profile's keep_fp32_ops (norms, softmax, ...) stay fp32."""

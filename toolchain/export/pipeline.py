@@ -65,7 +65,7 @@ def artifact_fields(model, model_dir: Path, target: Path, profile: Profile, expo
         "input_names": INPUT_NAMES, "input_dtype": "int64", "output_names": [OUTPUT_NAME],
         "dynamic_axes": {name: {"0": "batch", "1": "sequence"} for name in INPUT_NAMES},
         "opset": OPSET, "profile": profile.to_dict(), "session": profile.session,
-        "precomputed": export_info["precomputed"],
+        "precomputed": export_info["precomputed"], "fusions": export_info["fusions"],
         "graph_weight_bytes": export_info["graph_weight_bytes"],
         "timings_s": {"export": export_info["export_seconds"], "save": export_info["save_seconds"],
                       "transform": transform["seconds"]},
@@ -80,7 +80,7 @@ def artifact_fields(model, model_dir: Path, target: Path, profile: Profile, expo
 
 def export_model_dir(model_dir: str | Path, profiles: Sequence[str] = ("fp32",),
                      out: str | Path | None = None, threads: int | None = None,
-                     log=print) -> list[tuple[Path, dict]]:
+                     fuse: bool = False, log=print) -> list[tuple[Path, dict]]:
     """Export, transform, verify and atomically write one artifact per profile.
 
     Args:
@@ -88,6 +88,7 @@ def export_model_dir(model_dir: str | Path, profiles: Sequence[str] = ("fp32",),
         profiles: profile names or YAML paths (export/<name>.yaml).
         out: see :func:`default_targets`.
         threads: ORT threads for verification.
+        fuse: ONNX Runtime fusions on the exported graph (see ``onnx_export.fuse_for_ort``).
         log: progress printer.
 
     Returns:
@@ -110,7 +111,7 @@ def export_model_dir(model_dir: str | Path, profiles: Sequence[str] = ("fp32",),
     scratch_parent = targets[0].parent
     scratch_parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=".export-", dir=scratch_parent) as scratch:
-        info = export_onnx(model, Path(scratch))
+        info = export_onnx(model, Path(scratch), fuse=fuse)
         log(f"exported {model.variant.name} in {info['export_seconds']} s "
             f"({info['graph_weight_bytes'] / 2**20:.1f} MiB of weights, external data "
             f"{info['external_data']}); "

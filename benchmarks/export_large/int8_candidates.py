@@ -17,7 +17,8 @@ from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("artifact", type=Path, help="an fp32 artifact dir (model.onnx, no external data)")
+    p.add_argument("artifact", type=Path,
+                   help="an fp32 artifact dir (model.onnx, no external data)")
     args = p.parse_args()
     source = args.artifact / "model.onnx"
     logging.getLogger().setLevel(logging.ERROR)  # the quantizers' pre-processing hints

@@ -34,7 +34,8 @@ class ProbeTexts(CalibrationDataReader):
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("artifact", type=Path, help="an fp32 artifact dir (model.onnx, no external data)")
+    p.add_argument("artifact", type=Path,
+                   help="an fp32 artifact dir (model.onnx, no external data)")
     p.add_argument("mode", choices=["all", "nodown"])
     p.add_argument("--intermediate", type=int, default=1536,
                    help="the backbone's intermediate size: a MatMul weight with this many input "

@@ -316,7 +316,7 @@ def main(argv: list[str] | None = None) -> int:
             "--warmup", "1", "--repeats", "3", "--threads", str(os.cpu_count()),
             "--provider", "cuda" if on_gpu else "cpu", "--out", str(latency)], log))
         record["latency"] = json.loads(latency.read_text())
-        # m1 has no head to train (EOS pooling, LoRA only): its real-width export is what differs
+        # m1 trains LoRA only (EOS pooling, no head), a path m5's run covers: its export differs
         m1 = runs / "m1"
         stages.append(run_stage("init m1", ["init", "--preset", args.preset, "--variant", "m1",
                                             "--out", str(m1 / "merged")], log))

@@ -1,15 +1,22 @@
 #!/usr/bin/env python
-"""Is ONNX Runtime's MatMulNBits (8-bit, symmetric, accuracy_level 4) row-invariant? One node,
-a (B, T, 576) x (576, 1536) weight: every row alone, with its batch, and behind 5 zero rows of
-padding must give the same output bit for bit (prints max |diff|; 0 means invariant).
+"""Is the int8-blockwise profile's MatMulNBits (8-bit, symmetric, accuracy_level 4)
+row-invariant? One node, a (B, T, 576) x (576, 1536) weight, quantised by the profile's own
+transform: every row alone, with its batch, and behind 5 zero rows of padding must give the same
+output bit for bit (prints max |diff|; 0 means invariant).
 
     .venv/bin/python benchmarks/export_large/matmulnbits_rows.py
 """
 
+import tempfile
+from pathlib import Path
+
 import numpy as np
+import onnx
 import onnxruntime as ort
 from onnx import TensorProto, helper, numpy_helper
-from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
+
+from toolchain.export.optimize import apply_profile
+from toolchain.export.profiles import load_profile
 
 K, N = 576, 1536  # SmolLM2's hidden size and its fused q/k/v-sized outputs
 
@@ -22,11 +29,14 @@ def main() -> None:
         [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["B", "T", K])],
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["B", "T", N])], [weight])
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
-    quantizer = MatMulNBitsQuantizer(model, bits=8, block_size=32, is_symmetric=True,
-                                     accuracy_level=4)
-    quantizer.process()
-    session = ort.InferenceSession(quantizer.model.model.SerializeToString(),
-                                   providers=["CPUExecutionProvider"])
+    with tempfile.TemporaryDirectory() as scratch:  # quantised by the shipped profile itself
+        source, target = Path(scratch) / "fp32", Path(scratch) / "int8"
+        source.mkdir()
+        target.mkdir()
+        onnx.save(model, str(source / "model.onnx"))
+        apply_profile(source, target, load_profile("int8-blockwise"), external=False)
+        session = ort.InferenceSession(str(target / "model.onnx"),
+                                       providers=["CPUExecutionProvider"])
     run = lambda x: session.run(None, {"x": x})[0]  # noqa: E731
     for length in (1, 2, 7, 40, 300):
         for batch in (1, 16):

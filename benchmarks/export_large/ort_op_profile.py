@@ -16,10 +16,11 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
+from toolchain.ort_session import session_options
+
 
 def profile(artifact: Path, batch: int, seq: int, threads: int, runs: int) -> tuple[float, dict]:
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
+    options = session_options(None, threads)  # the artifacts' own settings (level "all")
     options.enable_profiling = True
     options.profile_file_prefix = str(Path(tempfile.mkdtemp()) / "ort")
     session = ort.InferenceSession(str(artifact / "model.onnx"), options,

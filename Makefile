@@ -60,8 +60,8 @@ bench: venv assets
 	$(BIN)/poolattn bench all --preset $(PRESET) --variants "$(VARIANTS)" --budget benchmarks/budgets/default.yaml
 
 # ---- the CPU mini-study: m1..m5 from real SmolLM2-135M weights, on 2 cores -------------------
-# Restartable in parts: each variant is train -> merge -> export fp32 -> quality, each step a file
-# target that is skipped once built (a killed training run resumes from its last checkpoint), so
+# Restartable in parts: each variant is train (one run per data seed) -> merge + soup -> export
+# fp32 -> quality, each step a file target that is skipped once built (a killed training run resumes from its last checkpoint), so
 # `make study VARIANTS="m1"` builds one variant alone and a later `make study` adds the others.
 # Then the baselines (untrained backbone with EOS and mean pooling, the MiniLM peer) are scored on
 # the same suite and shards, and study-report times every variant present, tests each against m1
@@ -73,6 +73,10 @@ STUDY_SHARDS ?= 5
 # one training seed to another was larger than the differences the study reads)
 STUDY_LIMIT ?= 200
 STUDY_BASELINES ?= untrained-eos untrained-mean minilm-peer
+# Each variant is the soup (`poolattn soup`: uniform weight average) of one run per data seed,
+# all from one initialisation (the preset's seed), differing in data order and dropout: one
+# run's per-task scores moved by more than 0.01 from seed to seed, the soup's less (sweep record)
+STUDY_DATA_SEEDS ?= 0 1 2
 SR := runs/$(STUDY)
 STUDY_QUALITY := --limit $(STUDY_LIMIT) --shards $(STUDY_SHARDS) --merge --out $(SR)/bench
 # where each baseline's artifact lives (toolchain/baselines.py)
@@ -94,11 +98,18 @@ train-data: venv assets/train-data/PROVENANCE.json
 assets/train-data/PROVENANCE.json: toolchain/data/train_sources.py toolchain/data/sources.py
 	$(BIN)/poolattn data build-train
 
+# one training run of a soup: runs/<preset>/<variant>/seeds/d<k> (stem <variant>/seeds/d<k>)
 $(SR)/%/final/manifest.json: presets/$(STUDY).yaml
-	$(BIN)/poolattn train --preset $(STUDY) --variant $* $(if $(wildcard $@),--no-resume)
+	$(BIN)/poolattn train --preset $(STUDY) --variant $(firstword $(subst /, ,$*)) \
+	  --data-seed $(patsubst d%,%,$(lastword $(subst /, ,$*))) --run-dir $(SR)/$* \
+	  $(if $(wildcard $@),--no-resume)
 
-$(SR)/%/merged/manifest.json: $(SR)/%/final/manifest.json
-	$(BIN)/poolattn merge $(SR)/$*
+SEED_RUNS = $(foreach s,$(STUDY_DATA_SEEDS),$(SR)/$(1)/seeds/d$(s))
+$(SR)/%/merged/manifest.json: $(foreach s,$(STUDY_DATA_SEEDS),$(SR)/%/seeds/d$(s)/final/manifest.json)
+	$(if $(word 2,$(STUDY_DATA_SEEDS)),\
+	  $(foreach run,$(call SEED_RUNS,$*),$(BIN)/poolattn merge $(run) &&) \
+	  $(BIN)/poolattn soup $(foreach run,$(call SEED_RUNS,$*),$(run)/merged) --out $(SR)/$*/merged,\
+	  $(BIN)/poolattn merge $(call SEED_RUNS,$*) --out $(SR)/$*/merged)
 
 $(SR)/%/onnx-fp32/manifest.json: $(SR)/%/merged/manifest.json
 	$(BIN)/poolattn export $(SR)/$*/merged --profile fp32

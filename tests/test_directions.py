@@ -146,6 +146,16 @@ def test_study_record_reads_run_files_and_refuses_missing_ones(tmp_path, monkeyp
     rows = record.training_rows(run)
     assert (rows["steps"], rows["first"], rows["candidates"]) == (6, 3.0, 24)
     assert rows["last_mean"] == pytest.approx(2.6) and rows["train_s"] == 50.0
+    assert record.training_runs(run) == [run]
+    for k, start in ((0, 3.0), (1, 4.0)):  # a soup's ingredients: one run per data seed
+        seed_run = tmp_path / "m5" / "seeds" / f"d{k}"
+        seed_run.mkdir(parents=True)
+        (seed_run / "metrics.jsonl").write_text("".join(
+            json.dumps({"step": i + 1, "loss": start - 0.5 * i, "source": "bible",
+                        "elapsed_s": 1.0}) + "\n" for i in range(3)))
+    runs = record.training_runs(tmp_path / "m5")
+    assert [r.name for r in runs] == ["d0", "d1"]
+    assert record.source_losses(runs) == {"bible": (3, 3.5, 2.5)}
     report = {"latency": [{"model": "m1/onnx-fp32", "shape": "8x128", "p50_ms": 5.0},
                           {"model": "m1/merged", "shape": "8x128", "p50_ms": 7.0},
                           {"model": "m1/merged", "shape": "1x32", "p50_ms": 1.0},

@@ -47,6 +47,32 @@ def test_merge_parity_before_after_reload(tmp_path, preset, variant):
     assert config["is_causal"] == (merged.variant.attention == "causal")
 
 
+def test_lora_scale_interpolates_between_untrained_and_trained_backbone(tmp_path):
+    run = make_trained_run(tmp_path, "tiny-qwen2", "m5")
+    adapter_model, _, _ = load_trained(run / "final")
+    with torch.no_grad(), adapter_model.backbone.disable_adapter():
+        base = adapter_model.encode(TEXTS)
+    runner = CliRunner()
+    weights = {}
+    for scale in ("0", "0.5", "1"):
+        result = runner.invoke(main, ["merge", str(run), "--lora-scale", scale,
+                                      "--out", str(tmp_path / f"merged-{scale}")])
+        assert result.exit_code == 0, result.output
+        manifest = json.loads((tmp_path / f"merged-{scale}/manifest.json").read_text())
+        assert manifest["merge"]["lora_scale"] == float(scale)
+        model = load_embedding_model(tmp_path / f"merged-{scale}")
+        weights[scale] = {k: v.clone() for k, v in model.backbone.state_dict().items()}
+        if scale == "0":  # nothing of the adapter left: the untrained backbone, trained head
+            torch.testing.assert_close(model.encode(TEXTS), base, rtol=0, atol=1e-5)
+    changed = [k for k in weights["1"] if not torch.equal(weights["1"][k], weights["0"][k])]
+    assert any("q_proj" in k for k in changed) and any("down_proj" in k for k in changed)
+    for k in changed:  # the half-scaled delta lies halfway between
+        torch.testing.assert_close(weights["0.5"][k], (weights["0"][k] + weights["1"][k]) / 2,
+                                   rtol=0, atol=1e-6)
+    refused = runner.invoke(main, ["merge", str(run), "--lora-scale", "1.5"])
+    assert refused.exit_code != 0 and "1.5" in refused.output
+
+
 def test_merge_is_idempotent_and_cli_reports(tmp_path):
     run = make_trained_run(tmp_path, "tiny-llama", "m4")
     runner = CliRunner()

@@ -54,6 +54,19 @@ def fold_lora(model: EmbeddingModel) -> EmbeddingModel:
     return model
 
 
+def scale_lora(model: EmbeddingModel, scale: float) -> int:
+    """Multiply every LoRA layer's delta by ``scale`` (WiSE-FT's weight-space interpolation
+    between the untrained and the trained backbone, Wortsman et al. 2022); returns the layer count."""
+    from peft.tuners.lora import LoraLayer
+
+    if not 0.0 <= scale <= 1.0:
+        raise ToolchainError(f"lora scale {scale}: expected a value in [0, 1]")
+    layers = [m for m in model.backbone.modules() if isinstance(m, LoraLayer)]
+    for layer in layers:
+        layer.scale_layer(scale)
+    return len(layers)
+
+
 def probe_embeddings(model: EmbeddingModel) -> np.ndarray:
     with torch.no_grad():
         return model.eval().encode(PROBE_TEXTS, batch_size=len(PROBE_TEXTS)).numpy()
@@ -66,13 +79,14 @@ def _check(name: str, figures: dict, min_cosine: float) -> None:
 
 
 def merge_run(run_dir: str | Path, out: str | Path | None = None,
-              min_cosine: float = GATE_MIN_COSINE, log=print) -> dict:
+              min_cosine: float = GATE_MIN_COSINE, lora_scale: float = 1.0, log=print) -> dict:
     """Merge a trained run into a model directory; returns the written manifest.
 
     Args:
         run_dir: runs/<preset>/<variant> (uses final/) or a checkpoint dir.
         out: output dir; default <run>/merged.
         min_cosine: the gate on every probe text.
+        lora_scale: factor on the LoRA delta before folding (1: the trained model).
         log: progress printer.
 
     Raises:
@@ -83,6 +97,8 @@ def merge_run(run_dir: str | Path, out: str | Path | None = None,
         read_manifest(checkpoint)  # refuse a changed checkpoint file
     target = Path(out) if out else default_out
     model, preset, info = load_trained(checkpoint)
+    if lora_scale != 1.0:
+        scale_lora(model, lora_scale)
     adapter = probe_embeddings(model)
     model = fold_lora(model)
     gate = {"min_cosine_required": min_cosine, "probe_texts": len(PROBE_TEXTS), "dtype": "float32",
@@ -91,7 +107,9 @@ def merge_run(run_dir: str | Path, out: str | Path | None = None,
     merge_info = {"source_run": str(Path(run_dir).resolve()),
                   "checkpoint": str(checkpoint.resolve()), "preset": preset.name,
                   "trained_json_sha256": sha256_file(checkpoint / TRAINED_JSON),
-                  "lora": info.get("lora"), "method": "peft merge_and_unload"}
+                  "lora": info.get("lora"), "lora_scale": lora_scale,
+                  "init_seed": info.get("train", {}).get("seed"),
+                  "data_seed": info.get("train", {}).get("data_seed"), "method": "peft merge_and_unload"}
     with atomic_dir(target) as tmp:
         save_embedding_model(model, tmp, extra={"merge": merge_info})
         gate["reloaded_vs_adapter"] = compare(probe_embeddings(load_embedding_model(tmp)), adapter)

@@ -6,8 +6,10 @@ seconds, latency at one shape, then the paired tests against the paper (the Mark
     python benchmarks/study/record.py --preset smollm2-135m-study \
         --out runs/smollm2-135m-study/bench/study_record.md
 
-Reads runs/<preset>/<variant>/{train_config.json, metrics.jsonl, merged/, onnx-fp32/} and
-runs/<preset>/bench/{report.json, study.md}; every number comes from those files.
+Reads runs/<preset>/<variant>/{merged/, onnx-fp32/}, the training runs of each variant (its
+soup's ingredients runs/<preset>/<variant>/seeds/d<k>/, or the variant dir itself:
+train_config.json, metrics.jsonl) and runs/<preset>/bench/{report.json, study.md}; every number
+comes from those files.
 """
 
 from __future__ import annotations
@@ -35,6 +37,12 @@ def _json(path: Path) -> dict:
     return json.loads(path.read_text())
 
 
+def training_runs(variant_dir: Path) -> list[Path]:
+    """The training runs behind a variant: its soup's ingredients (seeds/d<k>), else itself."""
+    seeds = sorted(p for p in (variant_dir / "seeds").glob("d*") if (p / "metrics.jsonl").is_file())
+    return seeds or [variant_dir]
+
+
 def training_rows(run: Path) -> dict:
     """Losses and seconds of one variant's run."""
     metrics = [m for m in read_metrics(run / "metrics.jsonl") if "loss" in m]
@@ -47,26 +55,32 @@ def training_rows(run: Path) -> dict:
             "candidates": metrics[-1].get("candidates"), "train_s": metrics[-1]["elapsed_s"]}
 
 
-def source_losses(run: Path) -> dict[str, tuple[int, float, float]]:
-    """Per training source: (batches, mean loss over its first third, over its last third) —
-    sources differ in difficulty, so only a source against itself shows learning."""
-    per: dict[str, list[float]] = {}
-    for m in read_metrics(run / "metrics.jsonl"):
-        if "loss" in m:
-            per.setdefault(m.get("source", "data"), []).append(m["loss"])
-    out = {}
-    for name, losses in per.items():
-        k = max(1, len(losses) // 3)
-        out[name] = (len(losses), sum(losses[:k]) / k, sum(losses[-k:]) / k)
-    return out
+def source_losses(runs: list[Path]) -> dict[str, tuple[int, float, float]]:
+    """Per training source: (batches per run, mean loss over its first third, over its last
+    third, averaged over the runs) — sources differ in difficulty, so only a source against
+    itself shows learning."""
+    per_run: dict[str, list[tuple[int, float, float]]] = {}
+    for run in runs:
+        per: dict[str, list[float]] = {}
+        for m in read_metrics(run / "metrics.jsonl"):
+            if "loss" in m:
+                per.setdefault(m.get("source", "data"), []).append(m["loss"])
+        for name, losses in per.items():
+            k = max(1, len(losses) // 3)
+            per_run.setdefault(name, []).append((len(losses), sum(losses[:k]) / k,
+                                                 sum(losses[-k:]) / k))
+    return {name: (rows[0][0], sum(r[1] for r in rows) / len(rows),
+                   sum(r[2] for r in rows) / len(rows)) for name, rows in per_run.items()}
 
 
 def export_facts(run: Path) -> dict:
     """Merge gate and export/verify facts of one variant, from the artifacts' manifests."""
     merged = read_manifest(run / "merged", verify=False)
+    merges = [read_manifest(Path(i["dir"]), verify=False)["merge"]
+              for i in merged.get("soup", {}).get("ingredients", [])] or [merged["merge"]]
     onnx = read_manifest(run / "onnx-fp32", verify=False)
     verify = onnx["verify"]
-    return {"merge_min_cos": merged["merge"]["gate"]["merged_vs_adapter"]["min_cosine"],
+    return {"merge_min_cos": min(m["gate"]["merged_vs_adapter"]["min_cosine"] for m in merges),
             "export_s": onnx["timings_s"]["export"], "verify": verify["passed"],
             "parity_max_abs": max(verify["parity_texts"]["max_abs"],
                                   verify["parity_random_shapes"]["max_abs"]),
@@ -86,8 +100,10 @@ def latency_at(report: dict, shape: str) -> dict[str, dict[str, float]]:
 
 def render(preset: str, variants: list[str], shape: str) -> str:
     root = runs_dir() / preset
-    config = _json(root / variants[0] / "train_config.json")
-    train = {v: training_rows(root / v) for v in variants}
+    runs = {v: training_runs(root / v) for v in variants}
+    config = _json(runs[variants[0]][0] / "train_config.json")
+    train = {(v, run.name if len(runs[v]) > 1 else ""): training_rows(run)
+             for v in variants for run in runs[v]}
     export = {v: export_facts(root / v) for v in variants}
     report = _json(root / "bench" / "report.json")
     quality = _json(root / "bench" / "quality.json")
@@ -104,17 +120,20 @@ def render(preset: str, variants: list[str], shape: str) -> str:
              f"{', '.join(m['name'] for m in config['mixture']) if config.get('mixture') else config.get('data')}"
              f" (rows per source: {config.get('source_rows', '-')}).", "",
              "## Training (InfoNCE loss per step; chance = ln(candidates))", "",
+             "Each variant is the soup (`poolattn soup`, the uniform weight average) of the runs "
+             "listed for it, which share the initialisation (seed) and differ in data order and "
+             "dropout (data seed d<k>)." if any(len(r) > 1 for r in runs.values()) else "", "",
              "| variant | steps | candidates | loss step 1 | loss last | mean first 3 | "
              "mean last 3 | train s |", "|---|---|---|---|---|---|---|---|"]
-    for v, t in train.items():
-        lines.append(f"| {v} | {t['steps']} | {t['candidates']} | {t['first']:.3f} | "
+    for (v, seed), t in train.items():
+        lines.append(f"| {v}{f' {seed}' if seed else ''} | {t['steps']} | {t['candidates']} | {t['first']:.3f} | "
                      f"{t['last']:.3f} | {t['first_mean']:.3f} | {t['last_mean']:.3f} | "
                      f"{t['train_s']:.0f} |")
-    per_source = {v: source_losses(root / v) for v in variants}
+    per_source = {v: source_losses(runs[v]) for v in variants}
     sources = sorted({s for per in per_source.values() for s in per})
     if len(sources) > 1:
-        lines += ["", "Loss per training source (batches; mean of its first third -> last third "
-                  "of batches):", "", "| variant | " + " | ".join(sources) + " |",
+        lines += ["", "Loss per training source (batches per run; mean of its first third -> "
+                  "last third of batches, averaged over the variant's runs):", "", "| variant | " + " | ".join(sources) + " |",
                   "|---|" + "---|" * len(sources)]
         for v, per in per_source.items():
             cells = [f"{per[s][0]}: {per[s][1]:.2f} -> {per[s][2]:.2f}" if s in per else "-"

@@ -21,7 +21,11 @@ def _quiet() -> None:
               help="output model dir [default: RUN_DIR/merged]")
 @click.option("--min-cosine", type=float, default=None,
               help="gate: merged vs adapter cosine on every probe text [default: 0.99999]")
-def merge_command(run_dir: str, out: str | None, min_cosine: float | None) -> None:
+@click.option("--lora-scale", type=click.FloatRange(0.0, 1.0), default=1.0, show_default=True,
+              help="factor on the LoRA delta before folding (WiSE-FT interpolation toward the "
+                   "untrained backbone)")
+def merge_command(run_dir: str, out: str | None, min_cosine: float | None,
+                  lora_scale: float) -> None:
     """Fold RUN_DIR's LoRA adapter into the backbone and save the merged model directory.
 
     Reads RUN_DIR/final (a trained checkpoint); fails, writing nothing, when the merged model's
@@ -30,7 +34,22 @@ def merge_command(run_dir: str, out: str | None, min_cosine: float | None) -> No
     from toolchain.merge import GATE_MIN_COSINE, merge_run
 
     _quiet()
-    merge_run(run_dir, out, GATE_MIN_COSINE if min_cosine is None else min_cosine, log=click.echo)
+    merge_run(run_dir, out, GATE_MIN_COSINE if min_cosine is None else min_cosine,
+              lora_scale=lora_scale, log=click.echo)
+
+
+@click.command("soup", epilog="Example: poolattn soup runs/smollm2-135m-study/m5/seeds/d0/merged "
+               "runs/smollm2-135m-study/m5/seeds/d1/merged --out runs/smollm2-135m-study/m5/merged")
+@click.argument("model_dirs", nargs=-1, required=True, type=click.Path(file_okay=False))
+@click.option("--out", type=click.Path(file_okay=False), required=True,
+              help="the merged model directory to write (replaced atomically)")
+def soup_command(model_dirs: tuple[str, ...], out: str) -> None:
+    """Average the weights of merged models trained from one initialisation (same --seed,
+    different --data-seed) into one merged model directory ("model soup")."""
+    from toolchain.soup import soup_models
+
+    _quiet()
+    soup_models(list(model_dirs), out, log=click.echo)
 
 
 @click.command("export", epilog="Examples:\n\n  poolattn export runs/tiny-mistral/m5/merged\n\n"
@@ -84,4 +103,4 @@ def verify_command(artifact: str, model_dir: str | None, threads: int | None,
         sys.exit(1)
 
 
-COMMANDS = [merge_command, export_command, verify_command]
+COMMANDS = [merge_command, soup_command, export_command, verify_command]

@@ -85,6 +85,9 @@ class TrainConfig:
         "help": "auto: bf16 on a GPU or a CPU with bf16 units (AMX / AVX512-BF16), else fp32",
         "choices": PRECISIONS})
     seed: int = field(default=0, metadata={"help": "seed of head init, data order and dropout"})
+    data_seed: int | None = field(default=None, metadata={
+        "help": "seed of data order and dropout only (null = seed): runs that differ here share "
+                "their initialisation, so their weights average (poolattn soup)"})
     save_every: int = field(default=10, metadata={"help": "checkpoint every N steps (0 = only final)"})
     lora: LoraSettings = field(default_factory=LoraSettings, metadata={
         "help": "LoRA on the backbone", "fields": {
@@ -177,6 +180,11 @@ class TrainConfig:
             return list(self.mixture)
         return [MixtureSource(name=Path(self.data).stem, data=str(self.data_path()),
                               limit=self.data_limit, dedupe=False)]
+
+    @property
+    def order_seed(self) -> int:
+        """The seed of data order and dropout."""
+        return self.seed if self.data_seed is None else self.data_seed
 
     def resolved_precision(self, on_gpu: bool) -> str:
         """``auto``: bf16 on a GPU or a CPU with native bf16 (AVX512-BF16 / AMX), else fp32."""

@@ -84,7 +84,7 @@ class TrainRecipe:
         self.world_size = world_size or launched_world_size()
         self.run_dir = Path(run_dir) if run_dir else runs_dir() / self.preset.name / self.variant.name
         self.sources = load_sources(config.sources())
-        MixturePlan(self.sources, config.batch_size, config.negatives_per_query, config.seed,
+        MixturePlan(self.sources, config.batch_size, config.negatives_per_query, config.order_seed,
                     0, self.world_size)  # raises on a batch that does not fit
         check_max_length(config.max_length, max_positions(self.preset), f"preset {self.preset.name}")
         ds_config_path(config)  # a stage/offload pair without a shipped file fails here
@@ -123,7 +123,7 @@ class TrainRecipe:
         apply_lora(model, cfg.lora)
         model.train()
         self.model = model
-        self.plan = MixturePlan(self.sources, cfg.batch_size, cfg.negatives_per_query, cfg.seed,
+        self.plan = MixturePlan(self.sources, cfg.batch_size, cfg.negatives_per_query, cfg.order_seed,
                                 self.rank, world_size)
         micro_batch, micro_steps = self._micro_layout()
         self.ds_config = resolve_ds_config(cfg, world_size=world_size, micro_batch=micro_batch,
@@ -171,7 +171,7 @@ class TrainRecipe:
             if self.rank == 0:
                 truncate_metrics(run_dir / "metrics.jsonl", self.start_step)
         else:
-            torch.manual_seed(self.config.seed + 1 + 100_003 * self.rank)  # dropout stream
+            torch.manual_seed(self.config.order_seed + 1 + 100_003 * self.rank)  # dropout stream
 
     def _embed(self, chunk: dict[str, torch.Tensor]) -> torch.Tensor:
         return self.engine(chunk["input_ids"].to(self.device),

@@ -55,3 +55,41 @@ def test_blockwise_int8_is_batch_invariant(tmp_path):
 
     ops = {node.op_type for node in onnx.load(str(artifact / "model.onnx")).graph.node}
     assert "MatMulNBits" in ops
+
+
+@pytest.mark.parametrize("preset,variant", [("tiny-mistral", "m5"), ("tiny-llama", "m1")])
+def test_static_int8_is_batch_invariant_and_keeps_the_listed_modules_fp32(tmp_path, preset,
+                                                                           variant):
+    """Static int8: fixed activation scales calibrated at export, so a text embeds the same alone
+    or in a batch; MatMuls inside the profile's keep_fp32 modules keep their float weights."""
+    import onnx
+
+    from toolchain.export.optimize import matmuls_in_modules
+
+    model_dir = make_model_dir(tmp_path, preset, variant)
+    [(artifact, report)] = export_model_dir(model_dir, ["int8-static"], threads=1,
+                                            log=lambda *_: None)
+    assert report["passed"], report["failures"]
+    assert report["batch_invariance"]["max_abs"] <= 1e-6
+    assert 0.99 <= report["parity_texts"]["min_cosine"] < 1 - 1e-9  # quantised, not exact
+    model = onnx.load(str(artifact / "model.onnx"))
+    producer = {out: node.op_type for node in model.graph.node for out in node.output}
+    float_weights = {i.name for i in model.graph.initializer
+                     if i.data_type == onnx.TensorProto.FLOAT}
+    matmuls = [n for n in model.graph.node if n.op_type == "MatMul"]
+    int8 = [n.name for n in matmuls if producer.get(n.input[1]) == "DequantizeLinear"]
+    layers = int(load_preset(preset).backbone.config["num_hidden_layers"])
+    assert len(int8) == 2 * layers  # the MLP gate and up projections of every layer
+    kept = set(matmuls_in_modules(model, ["self_attn", "mlp.down_proj", "model.head"]))
+    kept_weights = [n.input[1] for n in matmuls if n.name in kept and n.input[1] in float_weights]
+    assert len(kept_weights) >= 5 * layers and not kept & set(int8)
+
+
+def test_static_int8_needs_the_exports_calibration_feeds(tmp_path):
+    from toolchain.errors import ToolchainError
+    from toolchain.export.optimize import apply_profile
+    from toolchain.export.profiles import load_profile
+
+    (tmp_path / "out").mkdir()
+    with pytest.raises(ToolchainError, match="calibration.npz: missing"):
+        apply_profile(tmp_path, tmp_path / "out", load_profile("int8-static"), False)

@@ -10,23 +10,15 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from conftest import TEXTS, launcher_variables_restored
+from conftest import TEXTS
 from test_train_config import make_learnable_jsonl
+from test_train_engine import one_thread  # noqa: F401  (one torch thread, launcher variables restored)
 from toolchain.cli import main
 from toolchain.errors import ToolchainError
 from toolchain.merge import merge_run
 from toolchain.modeling import load_embedding_model
 from toolchain.soup import soup_models
 from toolchain.train import TrainConfig, TrainRecipe
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    with launcher_variables_restored():
-        yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")

@@ -25,3 +25,24 @@ PROBE_TEXTS: list[str] = [
     "An embedding maps text to a vector so that similar meanings lie close together.",
     "Terrible service, cold food, and a forty-minute wait. Would not return.",
 ]
+
+# Activation ranges of the static int8 profile are calibrated on these, kept apart from
+# PROBE_TEXTS so that verify judges the quantised graph on texts it was not calibrated on.
+CALIBRATION_TEXTS: list[str] = [
+    "The committee will meet again next Thursday to review the budget for the coming year.",
+    "Instruct: Given a question, retrieve passages that answer it\nQuery: what causes tides?",
+    "Tides rise and fall twice a day as the Moon's gravity pulls on the oceans.",
+    "yes",
+    "She opened the old wooden door and stepped into a garden full of roses and tall grass.",
+    "Error 404: the requested page could not be found on this server.",
+    "for i in range(10):\n    total += i * i",
+    "The striker scored twice in the second half, and the home side won the league by a point.",
+    "Mix the cement with water and sand in a ratio of one to three, then pour it before noon.",
+    "Quarterly revenue rose 12 percent to $4.2 billion, beating analysts' forecasts.",
+    "Le musée ouvre à dix heures; l'entrée est gratuite le premier dimanche du mois.",
+    "A short poem: the river bends, the willow leans, and evening gathers in the reeds.",
+    "Antibiotics do not work against viruses, so they will not cure a cold or the flu.",
+    "Please remember to bring your passport, two photographs and the completed form.",
+    "In 1804 the expedition set out up the Missouri River to find a route to the Pacific.",
+    "The new phone has a larger screen, a faster chip and a battery that lasts two days.",
+]

@@ -141,7 +141,7 @@ def render(preset: str, variants: list[str], shape: str) -> str:
             lines.append(f"| {v} | " + " | ".join(cells) + " |")
     lines += ["", f"## Merge, export, verify, quality seconds; latency p50 at {shape}", "",
               "| variant | merge min cos | export s | verify | max abs diff | attention | "
-              f"quality s | ORT fp32 ms | torch ms |", "|---|---|---|---|---|---|---|---|---|"]
+              "quality s | ORT fp32 ms | torch ms |", "|---|---|---|---|---|---|---|---|---|"]
     for v, e in export.items():
         lat = latency.get(v, {})
         ort, torch_ms = lat.get("onnx-fp32"), lat.get("merged")

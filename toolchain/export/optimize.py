@@ -1,7 +1,8 @@
 """Profile transforms of the exported fp32 graph (int8, fp16) and ORT session settings.
 
 One registry: a profile's (precision, quantization) pair names the transform that turns the
-fp32 model.onnx into the profile's model.onnx. fp32 is the identity (the exporter's own
+fp32 model.onnx into the profile's model.onnx. The export's scratch directory also holds
+CALIBRATION_FILE (CALIBRATION_TEXTS under the model's contract) for transforms that calibrate. fp32 is the identity (the exporter's own
 onnxscript optimiser has already run; ORT optimises the graph again when the session loads).
 """
 
@@ -19,6 +20,7 @@ from toolchain.export.onnx_export import DATA_FILE, MODEL_FILE, PROBE_VALUE
 from toolchain.export.profiles import Profile
 
 Transform = Callable[[Path, Path, Profile, bool], None]
+CALIBRATION_FILE = "calibration.npz"
 TRANSFORMS: dict[tuple[str, str], Transform] = {}
 
 
@@ -98,6 +100,99 @@ def quantize_blockwise_int8(source: Path, target: Path, profile: Profile, extern
     finally:
         root.setLevel(level)
     _save(quantizer.model.model, target, external)
+
+
+def write_calibration(directory: Path, tokenizer, vocab_size: int, random_rows: int = 8) -> Path:
+    """Calibration feeds, one text a batch, into an .npz: CALIBRATION_TEXTS as the model will see
+    them, and ``random_rows`` texts of random token ids (lengths spread up to max_length), so
+    that fixed activation scales also hold inputs far from everyday prose (code, rare scripts,
+    junk), where clipped outliers would otherwise cost the most."""
+    import numpy as np
+
+    from toolchain.probe_texts import CALIBRATION_TEXTS
+
+    rows = [tokenizer([text]) for text in CALIBRATION_TEXTS]
+    rows = [{k: v.numpy() for k, v in batch.items()} for batch in rows]
+    rng = np.random.default_rng(2027)  # not verify's seeds: its random shapes stay unseen
+    for i in range(random_rows):
+        length = max(2, tokenizer.max_length * (i + 1) // random_rows)
+        rows.append({"input_ids": rng.integers(3, vocab_size, (1, length), dtype=np.int64),
+                     "attention_mask": np.ones((1, length), dtype=np.int64)})
+    arrays = {}
+    for i, row in enumerate(rows):
+        arrays[f"input_ids_{i}"], arrays[f"attention_mask_{i}"] = row["input_ids"], row["attention_mask"]
+    arrays["random_rows"] = np.array(random_rows)
+    np.savez(directory / CALIBRATION_FILE, **arrays)
+    return directory / CALIBRATION_FILE
+
+
+def read_calibration(directory: Path, random_rows: bool = True) -> list[dict]:
+    """The feeds written by :func:`write_calibration` (no pickles: plain arrays), with or
+    without its random-id rows."""
+    import numpy as np
+
+    path = directory / CALIBRATION_FILE
+    if not path.is_file():
+        raise ToolchainError(f"{path}: missing; static quantization calibrates on the texts the "
+                             f"export writes there (poolattn export)")
+    with np.load(path, allow_pickle=False) as data:
+        count = len([k for k in data.files if k.startswith("input_ids_")])
+        count -= 0 if random_rows else int(data["random_rows"])
+        return [{"input_ids": data[f"input_ids_{i}"], "attention_mask": data[f"attention_mask_{i}"]}
+                for i in range(count)]
+
+
+def matmuls_in_modules(model, patterns: list[str]) -> list[str]:
+    """MatMul nodes that the exporter traced inside a module whose path contains one of
+    ``patterns`` (the dynamo exporter records each node's module path in its metadata, under
+    pkg.torch.onnx.name_scopes)."""
+    names = []
+    for node in model.graph.node:
+        if node.op_type != "MatMul":
+            continue
+        scopes = next((p.value for p in node.metadata_props
+                       if p.key == "pkg.torch.onnx.name_scopes"), "")
+        if any(pattern in scopes for pattern in patterns):
+            names.append(node.name)
+    return names
+
+
+@register_transform("fp32", "static_int8")
+def quantize_static_int8(source: Path, target: Path, profile: Profile, external: bool) -> None:
+    """ORT static quantization, QDQ: int8 weights (one scale per output channel), uint8
+    activations with fixed MinMax scales calibrated on CALIBRATION_TEXTS, so a text's embedding
+    does not depend on its batch partners. MatMuls in the modules the profile lists under
+    ``keep_fp32`` stay fp32 (:func:`matmuls_in_modules`)."""
+    import onnx
+    from onnxruntime.quantization import (CalibrationDataReader, CalibrationMethod, QuantFormat,
+                                          QuantType, quantize_static)
+
+    class Feeds(CalibrationDataReader):
+        def __init__(self, feeds: list[dict]) -> None:
+            self.feeds = list(feeds)
+
+        def get_next(self) -> dict | None:
+            return self.feeds.pop(0) if self.feeds else None
+
+    settings = profile.quantize or {}
+    feeds = read_calibration(source, bool(settings.get("calibrate_random_ids", True)))
+    keep = matmuls_in_modules(onnx.load(str(source / MODEL_FILE), load_external_data=False),
+                              list(settings.get("keep_fp32", [])))
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)
+    try:
+        quantize_static(str(source / MODEL_FILE), str(target / MODEL_FILE),
+                        Feeds(feeds), quant_format=QuantFormat.QDQ,
+                        op_types_to_quantize=["MatMul"], per_channel=True,
+                        reduce_range=bool(settings.get("reduce_range", True)),
+                        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+                        nodes_to_exclude=keep, calibrate_method=CalibrationMethod.MinMax,
+                        use_external_data_format=external,
+                        calibration_providers=["CPUExecutionProvider"])
+    finally:
+        root.setLevel(level)
+    _rename_external(target, external)
 
 
 @register_transform("fp16", "none")

@@ -61,7 +61,8 @@ bench: venv assets
 
 # ---- the CPU mini-study: m1..m5 from real SmolLM2-135M weights, on 2 cores -------------------
 # Restartable in parts: each variant is train (one run per data seed) -> merge + soup -> export
-# fp32 -> quality, each step a file target that is skipped once built (a killed training run resumes from its last checkpoint), so
+# fp32 -> quality, each step a file target that is skipped once built (a killed training run
+# resumes from its last checkpoint), so
 # `make study VARIANTS="m1"` builds one variant alone and a later `make study` adds the others.
 # Then the baselines (untrained backbone with EOS and mean pooling, the MiniLM peer) are scored on
 # the same suite and shards, and study-report times every variant present, tests each against m1

@@ -12,7 +12,8 @@ from click.testing import CliRunner
 
 from conftest import TEXTS
 from test_train_config import make_learnable_jsonl
-from test_train_engine import one_thread  # noqa: F401  (one torch thread, launcher variables restored)
+# one torch thread, and the launcher variables the engine sets put back
+from test_train_engine import one_thread  # noqa: F401
 from toolchain.cli import main
 from toolchain.errors import ToolchainError
 from toolchain.merge import merge_run

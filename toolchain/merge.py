@@ -56,7 +56,8 @@ def fold_lora(model: EmbeddingModel) -> EmbeddingModel:
 
 def scale_lora(model: EmbeddingModel, scale: float) -> int:
     """Multiply every LoRA layer's delta by ``scale`` (WiSE-FT's weight-space interpolation
-    between the untrained and the trained backbone, Wortsman et al. 2022); returns the layer count."""
+    between the untrained and the trained backbone, Wortsman et al. 2022); returns the number
+    of layers scaled."""
     from peft.tuners.lora import LoraLayer
 
     if not 0.0 <= scale <= 1.0:
@@ -109,7 +110,8 @@ def merge_run(run_dir: str | Path, out: str | Path | None = None,
                   "trained_json_sha256": sha256_file(checkpoint / TRAINED_JSON),
                   "lora": info.get("lora"), "lora_scale": lora_scale,
                   "init_seed": info.get("train", {}).get("seed"),
-                  "data_seed": info.get("train", {}).get("data_seed"), "method": "peft merge_and_unload"}
+                  "data_seed": info.get("train", {}).get("data_seed"),
+                  "method": "peft merge_and_unload"}
     with atomic_dir(target) as tmp:
         save_embedding_model(model, tmp, extra={"merge": merge_info})
         gate["reloaded_vs_adapter"] = compare(probe_embeddings(load_embedding_model(tmp)), adapter)

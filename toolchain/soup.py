@@ -34,6 +34,7 @@ def _ingredient(directory: Path) -> dict:
     return {"dir": str(directory), "manifest_sha256": sha256_file(where),
             "init_seed": merge["init_seed"], "data_seed": merge.get("data_seed"),
             "source_run": merge.get("source_run"), "lora_scale": merge.get("lora_scale", 1.0),
+            "preset": merge.get("preset"),
             "fields": {k: manifest.get(k) for k in SAME_FIELDS}}
 
 
@@ -49,7 +50,7 @@ def check_ingredients(model_dirs: list[Path]) -> list[dict]:
             if item["fields"][name] != first["fields"][name]:
                 raise ToolchainError(f"{where}: {name} {item['fields'][name]!r} differs from "
                                      f"{first['dir']}'s {first['fields'][name]!r}")
-        for name in ("init_seed", "lora_scale"):
+        for name in ("preset", "init_seed", "lora_scale"):
             if item[name] != first[name]:
                 raise ToolchainError(f"{where}: merge.{name} {item[name]!r} differs from "
                                      f"{first['dir']}'s {first[name]!r} (a soup averages runs "

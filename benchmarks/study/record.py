@@ -126,15 +126,16 @@ def render(preset: str, variants: list[str], shape: str) -> str:
              "| variant | steps | candidates | loss step 1 | loss last | mean first 3 | "
              "mean last 3 | train s |", "|---|---|---|---|---|---|---|---|"]
     for (v, seed), t in train.items():
-        lines.append(f"| {v}{f' {seed}' if seed else ''} | {t['steps']} | {t['candidates']} | {t['first']:.3f} | "
+        name = f"{v} {seed}" if seed else v
+        lines.append(f"| {name} | {t['steps']} | {t['candidates']} | {t['first']:.3f} | "
                      f"{t['last']:.3f} | {t['first_mean']:.3f} | {t['last_mean']:.3f} | "
                      f"{t['train_s']:.0f} |")
     per_source = {v: source_losses(runs[v]) for v in variants}
     sources = sorted({s for per in per_source.values() for s in per})
     if len(sources) > 1:
         lines += ["", "Loss per training source (batches per run; mean of its first third -> "
-                  "last third of batches, averaged over the variant's runs):", "", "| variant | " + " | ".join(sources) + " |",
-                  "|---|" + "---|" * len(sources)]
+                  "last third of batches, averaged over the variant's runs):", "",
+                  "| variant | " + " | ".join(sources) + " |", "|---|" + "---|" * len(sources)]
         for v, per in per_source.items():
             cells = [f"{per[s][0]}: {per[s][1]:.2f} -> {per[s][2]:.2f}" if s in per else "-"
                      for s in sources]

@@ -1,9 +1,10 @@
 """Profile transforms of the exported fp32 graph (int8, fp16) and ORT session settings.
 
 One registry: a profile's (precision, quantization) pair names the transform that turns the
-fp32 model.onnx into the profile's model.onnx. The export's scratch directory also holds
-CALIBRATION_FILE (CALIBRATION_TEXTS under the model's contract) for transforms that calibrate. fp32 is the identity (the exporter's own
+fp32 model.onnx into the profile's model.onnx. fp32 is the identity (the exporter's own
 onnxscript optimiser has already run; ORT optimises the graph again when the session loads).
+The export's scratch directory also holds CALIBRATION_FILE (CALIBRATION_TEXTS under the model's
+contract, and random ids) for transforms that calibrate.
 """
 
 from __future__ import annotations
@@ -120,7 +121,8 @@ def write_calibration(directory: Path, tokenizer, vocab_size: int, random_rows: 
                      "attention_mask": np.ones((1, length), dtype=np.int64)})
     arrays = {}
     for i, row in enumerate(rows):
-        arrays[f"input_ids_{i}"], arrays[f"attention_mask_{i}"] = row["input_ids"], row["attention_mask"]
+        arrays[f"input_ids_{i}"] = row["input_ids"]
+        arrays[f"attention_mask_{i}"] = row["attention_mask"]
     arrays["random_rows"] = np.array(random_rows)
     np.savez(directory / CALIBRATION_FILE, **arrays)
     return directory / CALIBRATION_FILE
@@ -138,8 +140,8 @@ def read_calibration(directory: Path, random_rows: bool = True) -> list[dict]:
     with np.load(path, allow_pickle=False) as data:
         count = len([k for k in data.files if k.startswith("input_ids_")])
         count -= 0 if random_rows else int(data["random_rows"])
-        return [{"input_ids": data[f"input_ids_{i}"], "attention_mask": data[f"attention_mask_{i}"]}
-                for i in range(count)]
+        return [{"input_ids": data[f"input_ids_{i}"],
+                 "attention_mask": data[f"attention_mask_{i}"]} for i in range(count)]
 
 
 def matmuls_in_modules(model, patterns: list[str]) -> list[str]:

@@ -11,29 +11,14 @@ import torch
 from click.testing import CliRunner
 
 from conftest import TEXTS
-from test_train_config import make_learnable_jsonl
-# one torch thread, and the launcher variables the engine sets put back
-from test_train_engine import one_thread  # noqa: F401
+# one torch thread with the launcher variables put back; the learnable rows; the recipe
+from test_train_engine import _recipe, data, one_thread  # noqa: F401
 from toolchain.cli import main
 from toolchain.errors import ToolchainError
 from toolchain.merge import merge_run
 from toolchain.modeling import load_embedding_model
 from toolchain.soup import soup_models
-from toolchain.train import TrainConfig, TrainRecipe
-
-
-@pytest.fixture(scope="module")
-def data(tmp_path_factory):
-    return make_learnable_jsonl(tmp_path_factory.mktemp("data") / "train.jsonl", rows=64)
-
-
-def _recipe(data, run_dir, seed: int, data_seed: int | None) -> TrainRecipe:
-    config = TrainConfig(data=str(data), steps=4, batch_size=8, max_length=24, warmup_steps=1,
-                         save_every=0, lr=2e-3, seed=seed, data_seed=data_seed,
-                         precision="fp32")
-    recipe = TrainRecipe("tiny-qwen2", config, variant="m5", run_dir=run_dir, resume=False)
-    recipe.setup()
-    return recipe
+from toolchain.train import TrainRecipe
 
 
 def _initial_trainables(recipe: TrainRecipe) -> dict[str, torch.Tensor]:
@@ -46,7 +31,8 @@ def merged_runs(data, tmp_path_factory):
     root = tmp_path_factory.mktemp("soup")
     out, starts, first_batches = {}, {}, {}
     for name, seed, data_seed in (("d1", 1, None), ("d7", 1, 7), ("s2", 2, None)):
-        recipe = _recipe(data, root / name, seed, data_seed)
+        recipe = _recipe(data, root / name, variant="m5", steps=4, save_every=0, seed=seed,
+                         data_seed=data_seed)
         starts[name] = _initial_trainables(recipe)
         first_batches[name] = recipe.plan.batch(0).queries
         recipe.train()

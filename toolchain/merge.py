@@ -54,18 +54,16 @@ def fold_lora(model: EmbeddingModel) -> EmbeddingModel:
     return model
 
 
-def scale_lora(model: EmbeddingModel, scale: float) -> int:
+def scale_lora(model: EmbeddingModel, scale: float) -> None:
     """Multiply every LoRA layer's delta by ``scale`` (WiSE-FT's weight-space interpolation
-    between the untrained and the trained backbone, Wortsman et al. 2022); returns the number
-    of layers scaled."""
+    between the untrained and the trained backbone, Wortsman et al. 2022)."""
     from peft.tuners.lora import LoraLayer
 
     if not 0.0 <= scale <= 1.0:
         raise ToolchainError(f"lora scale {scale}: expected a value in [0, 1]")
-    layers = [m for m in model.backbone.modules() if isinstance(m, LoraLayer)]
-    for layer in layers:
-        layer.scale_layer(scale)
-    return len(layers)
+    for layer in model.backbone.modules():
+        if isinstance(layer, LoraLayer):
+            layer.scale_layer(scale)
 
 
 def probe_embeddings(model: EmbeddingModel) -> np.ndarray:

@@ -9,6 +9,7 @@ contract, and random ids) for transforms that calibrate.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import shutil
@@ -23,16 +24,32 @@ from toolchain.export.profiles import Profile
 Transform = Callable[[Path, Path, Profile, bool], None]
 CALIBRATION_FILE = "calibration.npz"
 TRANSFORMS: dict[tuple[str, str], Transform] = {}
+CALIBRATING: set[tuple[str, str]] = set()  # transforms that read CALIBRATION_FILE
 
 
-def register_transform(precision: str, quantization: str) -> Callable[[Transform], Transform]:
+def register_transform(precision: str, quantization: str,
+                       calibrates: bool = False) -> Callable[[Transform], Transform]:
     def wrap(fn: Transform) -> Transform:
         if (precision, quantization) in TRANSFORMS:
             raise ValueError(f"transform {(precision, quantization)} registered twice")
         TRANSFORMS[(precision, quantization)] = fn
+        if calibrates:
+            CALIBRATING.add((precision, quantization))
         return fn
 
     return wrap
+
+
+@contextlib.contextmanager
+def _ort_quantizer_quiet():
+    """ORT's quantizers log hints on the root logger on every call: hold it at ERROR."""
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        root.setLevel(level)
 
 
 def _files(directory: Path, external: bool) -> list[str]:
@@ -60,18 +77,13 @@ def quantize_int8(source: Path, target: Path, profile: Profile, external: bool) 
     if weight_type not in weight_types:
         raise ToolchainError(f"{profile.path}: quantize.weight_type {weight_type!r} not one of "
                              f"{', '.join(weight_types)}")
-    root = logging.getLogger()
-    level = root.level
-    root.setLevel(logging.ERROR)  # ORT logs a pre-processing hint on the root logger every time
-    try:
+    with _ort_quantizer_quiet():
         quantize_dynamic(str(source / MODEL_FILE), str(target / MODEL_FILE),
                          op_types_to_quantize=list(settings.get("op_types", ["MatMul"])),
                          weight_type=weight_types[weight_type],
                          per_channel=bool(settings.get("per_channel", False)),
                          reduce_range=bool(settings.get("reduce_range", False)),
                          use_external_data_format=external)
-    finally:
-        root.setLevel(level)
     _rename_external(target, external)
 
 
@@ -93,13 +105,8 @@ def quantize_blockwise_int8(source: Path, target: Path, profile: Profile, extern
                                      block_size=block_size, is_symmetric=True,
                                      accuracy_level=int(settings.get("accuracy_level", 4)),
                                      op_types_to_quantize=("MatMul",))
-    root = logging.getLogger()
-    level = root.level
-    root.setLevel(logging.ERROR)
-    try:
+    with _ort_quantizer_quiet():
         quantizer.process()
-    finally:
-        root.setLevel(level)
     _save(quantizer.model.model, target, external)
 
 
@@ -126,6 +133,10 @@ def write_calibration(directory: Path, tokenizer, vocab_size: int, random_rows: 
     arrays["random_rows"] = np.array(random_rows)
     np.savez(directory / CALIBRATION_FILE, **arrays)
     return directory / CALIBRATION_FILE
+
+
+def needs_calibration(profile: Profile) -> bool:
+    return (profile.precision, profile.quantization) in CALIBRATING
 
 
 def read_calibration(directory: Path, random_rows: bool = True) -> list[dict]:
@@ -159,7 +170,7 @@ def matmuls_in_modules(model, patterns: list[str]) -> list[str]:
     return names
 
 
-@register_transform("fp32", "static_int8")
+@register_transform("fp32", "static_int8", calibrates=True)
 def quantize_static_int8(source: Path, target: Path, profile: Profile, external: bool) -> None:
     """ORT static quantization, QDQ: int8 weights (one scale per output channel), uint8
     activations with fixed MinMax scales calibrated on CALIBRATION_TEXTS, so a text's embedding
@@ -180,10 +191,7 @@ def quantize_static_int8(source: Path, target: Path, profile: Profile, external:
     feeds = read_calibration(source, bool(settings.get("calibrate_random_ids", True)))
     keep = matmuls_in_modules(onnx.load(str(source / MODEL_FILE), load_external_data=False),
                               list(settings.get("keep_fp32", [])))
-    root = logging.getLogger()
-    level = root.level
-    root.setLevel(logging.ERROR)
-    try:
+    with _ort_quantizer_quiet():
         quantize_static(str(source / MODEL_FILE), str(target / MODEL_FILE),
                         Feeds(feeds), quant_format=QuantFormat.QDQ,
                         op_types_to_quantize=["MatMul"], per_channel=True,
@@ -192,8 +200,6 @@ def quantize_static_int8(source: Path, target: Path, profile: Profile, external:
                         nodes_to_exclude=keep, calibrate_method=CalibrationMethod.MinMax,
                         use_external_data_format=external,
                         calibration_providers=["CPUExecutionProvider"])
-    finally:
-        root.setLevel(level)
     _rename_external(target, external)
 
 

@@ -19,7 +19,7 @@ from toolchain.atomic import MANIFEST, atomic_dir, read_manifest, sha256_file, w
 from toolchain.errors import ToolchainError
 from toolchain.export.onnx_export import (DATA_FILE, INPUT_NAMES, MODEL_FILE, OPSET, OUTPUT_NAME,
                                           export_onnx)
-from toolchain.export.optimize import apply_profile, write_calibration
+from toolchain.export.optimize import apply_profile, needs_calibration, write_calibration
 from toolchain.export.profiles import Profile, load_profile
 
 FORMAT_VERSION = 1
@@ -112,7 +112,8 @@ def export_model_dir(model_dir: str | Path, profiles: Sequence[str] = ("fp32",),
     scratch_parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=".export-", dir=scratch_parent) as scratch:
         info = export_onnx(model, Path(scratch), fuse=fuse)
-        write_calibration(Path(scratch), model.tokenizer, model.backbone.config.vocab_size)
+        if any(needs_calibration(p) for p in loaded):
+            write_calibration(Path(scratch), model.tokenizer, model.backbone.config.vocab_size)
         log(f"exported {model.variant.name} in {info['export_seconds']} s "
             f"({info['graph_weight_bytes'] / 2**20:.1f} MiB of weights, external data "
             f"{info['external_data']}); "

@@ -25,7 +25,7 @@ SAMPLES = {"data_limit": 40, "zero_stage": 3, "offload": True, "steps": 7, "warm
            "lr": 2e-3, "head_lr": 5e-4, "weight_decay": 0.02, "batch_size": 8, "chunk_size": 4,
            "group_rows": 8, "grad_accum": 2, "max_length": 32, "temperature": 0.1,
            "negatives_per_query": 2, "grad_clip": 0.5, "gradient_checkpointing": True,
-           "precision": "bf16", "seed": 5, "save_every": 3, "lora.r": 8, "lora.alpha": 16,
+           "precision": "bf16", "seed": 5, "data_seed": 9, "save_every": 3, "lora.r": 8, "lora.alpha": 16,
            "lora.dropout": 0.05, "lora.target_modules": ["q_proj", "v_proj"]}
 
 

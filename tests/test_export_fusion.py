@@ -1,6 +1,6 @@
-"""`poolattn export --fuse`: onnxscript's ONNX Runtime fusions on the exported graph, and the
-blockwise int8 profile (MatMulNBits). Issue 13, in progress: both are opt-in until they measure
-better than the plain graph / dynamic int8 at every shape (benchmarks/results/export_fusion.md)."""
+"""`poolattn export` fuses the exported graph for ONNX Runtime by default (onnxscript's
+fusions; `--no-fuse` skips them), and the opt-in int8 candidates of issue 13: blockwise
+(MatMulNBits) and static (QDQ) int8 (benchmarks/results/export_fusion.md)."""
 
 from __future__ import annotations
 

@@ -180,6 +180,40 @@ def matmul_peak_gflops(threads: int | None = None, size: int = 1024, repeats: in
             "gflops": 2 * size ** 3 / best / 1e9}
 
 
+# One MatMul each: the exported graphs' shapes at 8x128 (SmolLM2's MLP), and large square ones.
+MATMUL_LIMIT_SHAPES = ((1024, 576, 1536), (4096, 576, 1536), (2048, 2048, 2048), (4096, 4096, 4096))
+
+
+def _ort_matmul_rate(m: int, k: int, n: int, threads: int | None, repeats: int, rng) -> dict:
+    """One MatMul graph, activations (m, k) times a constant (k, n) weight, timed in ORT."""
+    import onnxruntime as ort
+    from onnx import TensorProto, helper, numpy_helper
+
+    from toolchain.ort_session import session_options
+
+    weight = numpy_helper.from_array(rng.standard_normal((k, n), dtype=np.float32), "w")
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "w"], ["y"])], "matmul",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [m, k])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [m, n])], initializer=[weight])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    session = ort.InferenceSession(model.SerializeToString(), session_options(None, threads),
+                                   providers=["CPUExecutionProvider"])
+    feed = {"x": rng.standard_normal((m, k), dtype=np.float32)}
+    best = min(time_callable(lambda: session.run(None, feed), warmup=2, repeats=repeats)) / 1e3
+    return {"m": m, "k": k, "n": n, "best_ms": best * 1e3, "gflops": 2 * m * k * n / best / 1e9}
+
+
+def ort_matmul_limit(threads: int | None = None, shapes=MATMUL_LIMIT_SHAPES,
+                     repeats: int = 5) -> dict:
+    """The machine's fp32 MatMul rate as ONNX Runtime reaches it: one graph per (m, k, n) shape,
+    as the exported graphs' projections run (constant weight). The limit is the best rate over
+    the shapes (torch.mm at 1024^2 under-reads it)."""
+    rng = np.random.default_rng(0)
+    rows = [_ort_matmul_rate(m, k, n, threads, repeats, rng) for m, k, n in shapes]
+    return {"threads": threads, "gflops": max(r["gflops"] for r in rows), "shapes": rows}
+
+
 def machine_info() -> dict:
     """CPU model and flags, cores, OS, library versions and thread settings, stored with every
     result."""

@@ -12,8 +12,8 @@ from typing import Sequence
 
 from toolchain.bench.artifacts import Artifact, open_artifact, preset_artifacts, torch_source
 from toolchain.bench.budget import Budget, check_budget
-from toolchain.bench.latency import (ALL_GRID, machine_info, matmul_peak_gflops, parse_grid,
-                                     time_runner)
+from toolchain.bench.latency import (ALL_GRID, machine_info, matmul_peak_gflops,
+                                     ort_matmul_limit, parse_grid, time_runner)
 from toolchain.bench.split import analytic_table, cost_split
 from toolchain.errors import ToolchainError
 from toolchain.modeling.pooling import HeadConfig, head_macs
@@ -199,6 +199,7 @@ def run_all(preset: str, variants: Sequence[str], settings: AllSettings,
     report = {"preset": preset, "variants": list(variants),
               "created": time.strftime("%Y-%m-%d %H:%M:%S"),
               "machine": machine_info(), "matmul_peak": matmul_peak_gflops(lat.threads),
+              "matmul_limit": ort_matmul_limit(lat.threads),
               "settings": {"grid": lat.grid, "warmup": lat.warmup, "repeats": lat.repeats,
                            "threads": lat.threads, "split_threads": lat.split_threads,
                            "provider": lat.provider,

@@ -215,10 +215,16 @@ def render_markdown(report: dict) -> str:
         out += ["", f"## Budget ({budget['file']}): {'PASS' if budget['passed'] else 'FAIL'}", ""]
         out += [format_violations(budget["violations"]) if budget["violations"]
                 else "All limits met."]
-    peak = report.get("matmul_peak")
-    peak_line = (f"Machine matmul peak (torch.mm {peak['size']}^2, {peak['threads']} threads): "
-                 f"{peak['gflops']:.1f} GFLOP/s; GFLOP/s below = analytic FLOPs / p50.\n\n"
-                 if peak else "")
+    peak, limit = report.get("matmul_peak"), report.get("matmul_limit")
+    machine = []
+    if peak:
+        machine.append(f"torch.mm {peak['size']}^2, {peak['threads']} threads: "
+                       f"{peak['gflops']:.1f} GFLOP/s")
+    if limit:
+        machine.append(f"ONNX Runtime's fp32 MatMul limit (best single-MatMul graph up to "
+                       f"4096^3): {limit['gflops']:.1f} GFLOP/s")
+    peak_line = (f"Machine matmul peak ({'; '.join(machine)}); "
+                 "GFLOP/s below = analytic FLOPs / p50.\n\n" if machine else "")
     sections = [("Latency (full model)", peak_line + latency_markdown(report["latency"])),
                 ("Runtime speedups (p50 ratios)", speedup_markdown(report["latency"])),
                 ("Cost split: head alone over eos_last", report["split_method"] + "\n\n"

@@ -61,9 +61,9 @@ def soup_command(model_dirs: tuple[str, ...], out: str) -> None:
               help="artifact dir for one profile, parent of onnx-<profile> dirs for several "
                    "[default: MODEL_DIR/../onnx-<profile>]")
 @click.option("--threads", type=int, default=None, help="ORT threads for verification")
-@click.option("--fuse/--no-fuse", default=False, show_default=True,
-              help="onnxscript's ONNX Runtime fusions on the exported graph (counts in the "
-                   "manifest)")
+@click.option("--fuse/--no-fuse", default=True, show_default=True,
+              help="onnxscript's ONNX Runtime fusions on the exported graph (RMSNorm, rotary, "
+                   "attention; counts in the manifest)")
 def export_command(model_dir: str, profiles: tuple[str, ...], out: str | None,
                    threads: int | None, fuse: bool) -> None:
     """Export MODEL_DIR (a merged model) to one ONNX graph per profile and verify each.

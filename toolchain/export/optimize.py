@@ -21,7 +21,7 @@ from toolchain.errors import ToolchainError
 from toolchain.export.onnx_export import DATA_FILE, MODEL_FILE, PROBE_VALUE
 from toolchain.export.profiles import Profile
 
-Transform = Callable[[Path, Path, Profile, bool], None]
+Transform = Callable[[Path, Path, Profile, bool], dict | None]  # returns details (counts), if any
 CALIBRATION_FILE = "calibration.npz"
 TRANSFORMS: dict[tuple[str, str], Transform] = {}
 CALIBRATING: set[tuple[str, str]] = set()  # transforms that read CALIBRATION_FILE
@@ -107,7 +107,7 @@ def quantize_blockwise_int8(source: Path, target: Path, profile: Profile, extern
                                      op_types_to_quantize=("MatMul",))
     with _ort_quantizer_quiet():
         quantizer.process()
-    _save(quantizer.model.model, target, external)
+    save_graph(quantizer.model.model, target, external)
 
 
 def write_calibration(directory: Path, tokenizer, vocab_size: int, random_rows: int = 8) -> Path:
@@ -213,10 +213,10 @@ def convert_fp16(source: Path, target: Path, profile: Profile, external: bool) -
     keep = list((profile.fp16 or {}).get("keep_fp32_ops", []))
     converted = convert_float_to_float16(model, keep_io_types=True, op_block_list=keep,
                                          disable_shape_infer=external)
-    _save(converted, target, external)
+    save_graph(converted, target, external)
 
 
-def _save(model, target: Path, external: bool) -> None:
+def save_graph(model, target: Path, external: bool) -> None:
     import onnx
 
     onnx.save_model(model, str(target / MODEL_FILE), save_as_external_data=external,
@@ -232,23 +232,24 @@ def _rename_external(target: Path, external: bool) -> None:
     model = onnx.load(str(target / MODEL_FILE))
     for stray in target.glob("*.data"):
         stray.unlink()
-    _save(model, target, external)
+    save_graph(model, target, external)
 
 
 def apply_profile(source: Path, target: Path, profile: Profile, external: bool) -> dict:
     """Write ``profile``'s model.onnx (+ data) into ``target`` from the fp32 export in ``source``.
 
     Returns:
-        {"transform": name, "seconds": float, "files": [...]}.
+        {"transform": name, "seconds": float, "files": [...], "details": what the transform
+        reports (counts), or {}}.
     """
     key = (profile.precision, profile.quantization)
     if key not in TRANSFORMS:
         raise ToolchainError(f"{profile.path}: no transform for precision {key[0]} with "
                              f"quantization {key[1]}")
     start = time.perf_counter()
-    TRANSFORMS[key](Path(source), Path(target), profile, external)
+    details = TRANSFORMS[key](Path(source), Path(target), profile, external)
     return {"transform": TRANSFORMS[key].__name__, "seconds": round(time.perf_counter() - start, 2),
-            "files": _files(target, external)}
+            "files": _files(target, external), "details": details or {}}
 
 
 def with_probe_output(model_path: Path):
@@ -265,3 +266,7 @@ def with_probe_output(model_path: Path):
                              "cannot probe its attention mode")
     model.graph.output.append(onnx.helper.make_empty_tensor_value_info(PROBE_VALUE))
     return model
+
+
+# registered by importing (its transform needs the helpers above)
+from toolchain.export import rowwise_int8  # noqa: E402,F401

@@ -66,6 +66,7 @@ def artifact_fields(model, model_dir: Path, target: Path, profile: Profile, expo
         "dynamic_axes": {name: {"0": "batch", "1": "sequence"} for name in INPUT_NAMES},
         "opset": OPSET, "profile": profile.to_dict(), "session": profile.session,
         "precomputed": export_info["precomputed"], "fusions": export_info["fusions"],
+        "transform": {"name": transform["transform"], **transform["details"]},
         "graph_weight_bytes": export_info["graph_weight_bytes"],
         "timings_s": {"export": export_info["export_seconds"], "save": export_info["save_seconds"],
                       "transform": transform["seconds"]},
@@ -80,7 +81,7 @@ def artifact_fields(model, model_dir: Path, target: Path, profile: Profile, expo
 
 def export_model_dir(model_dir: str | Path, profiles: Sequence[str] = ("fp32",),
                      out: str | Path | None = None, threads: int | None = None,
-                     fuse: bool = False, log=print) -> list[tuple[Path, dict]]:
+                     fuse: bool = True, log=print) -> list[tuple[Path, dict]]:
     """Export, transform, verify and atomically write one artifact per profile.
 
     Args:

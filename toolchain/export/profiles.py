@@ -1,8 +1,9 @@
 """Export profiles: data files export/<name>.yaml (fp32, int8, fp16), read and validated here.
 
 A profile names a precision (fp32 | fp16), a quantization (none | dynamic_int8 |
-blockwise_int8 | static_int8), the ORT session settings used to run it, and the gates `verify`
-applies. The YAML files carry the documentation of each profile in their header comments.
+blockwise_int8 | static_int8 | rowwise_int8), the ORT session settings used to run it, and the
+gates `verify` applies. The YAML files carry the documentation of each profile in their header
+comments.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from toolchain.errors import ToolchainError
 from toolchain.paths import project_root
 
 PRECISIONS = ("fp32", "fp16")
-QUANTIZATIONS = ("none", "dynamic_int8", "blockwise_int8", "static_int8")
+QUANTIZATIONS = ("none", "dynamic_int8", "blockwise_int8", "static_int8", "rowwise_int8")
 OPT_LEVELS = ("disable", "basic", "extended", "all")
 
 

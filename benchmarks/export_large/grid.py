@@ -1,0 +1,149 @@
+#!/usr/bin/env python
+"""Issue 13's one benchmark run: exported graphs against eager PyTorch and the machine's own
+MatMul limit, on one grid, interleaved.
+
+Each group is one model: its ONNX artifacts (e.g. as exported, fused, int8) and its merged
+PyTorch model, timed in alternating rounds per shape (time_interleaved), so that load drift on a
+shared machine hits every contender alike. The limit is ONNX Runtime's best fp32 rate on single
+MatMul graphs (toolchain.bench.latency.ort_matmul_limit), measured before and after the timing.
+Achieved GFLOP/s = analytic FLOPs of the model (backbone + head) / p50.
+
+    .venv/bin/python benchmarks/export_large/grid.py \
+        --group smollm2-m5=runs/smollm2-135m-study/m5/onnx-fp32,/tmp/m5/onnx-fp32-fused \
+        --group tiny-m5=runs/tiny-mistral/m5/onnx-fp32,runs/tiny-mistral/m5/onnx-int8 \
+        --grid 1x32,8x128,2x512,8x512 --threads 2 --out benchmarks/results/export_grid.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+# Interleaved contenders must not steal each other's cores: idle threads sleep instead of
+# spinning (torch's OpenMP here, ORT's pool via allow_spinning below). Set before torch loads.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT))
+
+from toolchain.bench.artifacts import inspect_artifact, open_artifact, torch_source  # noqa: E402
+from toolchain.bench.latency import (machine_info, make_inputs, ort_matmul_limit,  # noqa: E402
+                                     parse_grid, percentiles, time_interleaved)
+from toolchain.bench.pipeline import source_macs  # noqa: E402
+
+
+def label_of(path: Path) -> str:
+    manifest = json.loads((path / "manifest.json").read_text())
+    if manifest.get("kind") != "onnx_artifact":
+        return "eager"
+    fused = "fused" if manifest.get("fusions") else "as exported"
+    return f"{manifest['profile']['name']} ({fused})"
+
+
+class GraphRunner:
+    """An ONNX graph on ORT's CPU provider with the artifacts' session settings, its pool's
+    threads not spinning between runs; also bare graphs (verify refused them: speed only)."""
+
+    def __init__(self, path: Path, threads: int) -> None:
+        import onnxruntime as ort
+
+        from toolchain.ort_session import session_options
+
+        options = session_options(None, threads)
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        self.session = ort.InferenceSession(str(path), options,
+                                            providers=["CPUExecutionProvider"])
+
+    def run(self, input_ids, attention_mask):
+        return self.session.run(None, {"input_ids": input_ids, "attention_mask": attention_mask})
+
+
+def time_group(paths: list[Path], shapes, threads: int, warmup: int, repeats: int) -> list[dict]:
+    """paths: artifact dirs (the first one's merged model is timed as "eager"), or
+    LABEL:path/model.onnx for bare graphs."""
+    graphs = {}
+    for path in paths:
+        label, _, bare = str(path).partition(":")
+        if bare:
+            graphs[label] = Path(bare)
+        else:
+            inspect_artifact(path)  # manifest and sha256s checked
+            graphs[label_of(path)] = path / "model.onnx"
+    source = torch_source(inspect_artifact(next(p for p in paths if ":" not in str(p))))
+    eager = open_artifact(inspect_artifact(source), "cpu", threads)
+    runners = {label: GraphRunner(graph, threads) for label, graph in graphs.items()}
+    runners["eager"] = eager
+    rows = []
+    for batch, seq_len in shapes:
+        feed = make_inputs(eager, batch, seq_len)  # one input for all
+        calls = {name: (lambda r=r: r.run(*feed)) for name, r in runners.items()}
+        samples = time_interleaved(calls, warmup=warmup, repeats=repeats)
+        flop = 2 * batch * source_macs(source, seq_len)
+        for name, ms in samples.items():
+            stats = percentiles(ms)
+            rows.append({"graph": name, "shape": f"{batch}x{seq_len}", **stats,
+                         "repeats": len(ms), "gflops": flop / 1e9 / (stats["p50_ms"] / 1e3)})
+        print(" | ".join(f"{r['graph']} {r['p50_ms']:.1f}" for r in rows[-len(samples):]),
+              f"({batch}x{seq_len})", flush=True)
+    return rows
+
+
+def markdown(result: dict) -> str:
+    """One table per group: p50 ms per shape, x eager (speedup), and % of the fp32 MatMul
+    limit (analytic fp32-equivalent FLOPs / p50: int8 graphs can pass 100 %)."""
+    out = []
+    for name, rows in result["groups"].items():
+        shapes = list(dict.fromkeys(r["shape"] for r in rows))
+        eager = {r["shape"]: r["p50_ms"] for r in rows if r["graph"] == "eager"}
+        out += [f"**{name}** (p50 ms; x eager; % of the MatMul limit)", "",
+                "| graph | " + " | ".join(shapes) + " |", "|---|" + "---|" * len(shapes)]
+        for graph in dict.fromkeys(r["graph"] for r in rows):
+            cells = {r["shape"]: r for r in rows if r["graph"] == graph}
+            out.append(f"| {graph} | " + " | ".join(
+                f"{cells[s]['p50_ms']:.1f}; {eager[s] / cells[s]['p50_ms']:.2f}x; "
+                f"{cells[s]['percent_of_limit']:.0f} %" for s in shapes) + " |")
+        out.append("")
+    return "\n".join(out)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--group", action="append", required=True,
+                   help="NAME=ARTIFACT[,ARTIFACT...] (ONNX artifacts of one merged model)")
+    p.add_argument("--grid", default="1x32,8x128,2x512,8x512")
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--warmup", type=int, default=1)
+    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--render", action="store_true", help="only print --out's tables")
+    args = p.parse_args()
+    if args.render:
+        print(markdown(json.loads(args.out.read_text())))
+        return
+    shapes = parse_grid(args.grid)
+    start = time.time()
+    result = {"command": " ".join(sys.argv), "machine": machine_info(),
+              "settings": vars(args) | {"out": str(args.out),
+                                        "OMP_WAIT_POLICY": os.environ["OMP_WAIT_POLICY"],
+                                        "ort_allow_spinning": 0},
+              "limit_before": ort_matmul_limit(args.threads), "groups": {}}
+    for spec in args.group:
+        name, _, paths = spec.partition("=")
+        result["groups"][name] = time_group([Path(x) for x in paths.split(",")], shapes,
+                                            args.threads, args.warmup, args.repeats)
+    result["limit_after"] = ort_matmul_limit(args.threads)
+    result["seconds"] = round(time.time() - start, 1)
+    limit = max(result["limit_before"]["gflops"], result["limit_after"]["gflops"])
+    for rows in result["groups"].values():
+        for row in rows:
+            row["percent_of_limit"] = 100 * row["gflops"] / limit
+    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    print(markdown(result))
+    print(f"limit {limit:.0f} GFLOP/s; wrote {args.out} ({result['seconds']} s)")
+
+
+if __name__ == "__main__":
+    main()

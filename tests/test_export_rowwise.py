@@ -1,0 +1,205 @@
+"""The int8-rowwise profile (issue 13): int8 MatMuls with one activation scale per row,
+SmoothQuant folded into the weights and RMSNorms, fp32 outlier channels. Checked: the rewrite is
+exact in real arithmetic, a row's result never depends on the other rows, and exported tiny
+models pass verify with exact batch invariance."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+import torch
+from onnx import TensorProto, helper, numpy_helper
+
+from toolchain.atomic import read_manifest
+from toolchain.export.pipeline import export_model_dir
+from toolchain.export.rowwise_int8 import (FALLBACK_MASK, OUTLIER_SHRINK, _plan,
+                                          rewrite_rowwise_int8, weight_matmul_groups)
+
+from test_export_fixtures import make_model_dir, one_thread  # noqa: F401 (fixture)
+
+
+def _outlier_inputs(rows: int, k: int, seed: int = 0) -> np.ndarray:
+    """Activations with two outlier channels, as real decoders have them."""
+    x = np.random.default_rng(seed).normal(size=(rows, k))
+    x[:, [3, 11]] *= 40.0
+    return x
+
+
+def test_plan_is_exact_in_real_arithmetic():
+    """Smoothing and the fp32 outlier path only re-associate x @ W: in float64 the parts add
+    back to it, whatever alpha and however many outliers."""
+    rng = np.random.default_rng(1)
+    mats = [rng.normal(size=(16, 5)), rng.normal(size=(16, 3))]
+    x = _outlier_inputs(7, 16)
+    for alpha, outliers in [(0.0, 0), (0.5, 0), (0.5, 2), (0.8, 4)]:
+        scale, packed, channels, exact = _plan("x", mats, np.abs(x).max(0), alpha, outliers)
+        scaled = x * scale.astype(np.float64)
+        rebuilt = scaled @ packed + scaled[:, channels] @ exact.astype(np.float64)
+        np.testing.assert_allclose(rebuilt, x @ np.concatenate(mats, axis=1), rtol=1e-5,
+                                   atol=1e-5)
+        if outliers:
+            assert set(channels) >= {3, 11}  # the calibrated largest channels
+            assert not packed[channels].any()  # they contribute nothing to the int8 path
+            plain_scale = _plan("x", mats, np.abs(x).max(0), alpha, 0)[0]
+            np.testing.assert_array_equal(scale[channels], plain_scale[channels] * OUTLIER_SHRINK)
+
+
+def _two_matmul_graph(k: int = 32) -> onnx.ModelProto:
+    """x -> MatMul(W1), MatMul(W2) (one group, packed); y = y1 + y2."""
+    rng = np.random.default_rng(2)
+    inits = [numpy_helper.from_array(rng.normal(size=(k, n)).astype(np.float32), f"w{i}")
+             for i, n in ((1, 8), (2, 4))]
+    nodes = [helper.make_node("MatMul", ["x", "w1"], ["y1"], name="mm1"),
+             helper.make_node("MatMul", ["x", "w2"], ["y2"], name="mm2"),
+             helper.make_node("Concat", ["y1", "y2"], ["y"], axis=-1)]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info(
+        "x", TensorProto.FLOAT, ["b", "t", k])], [helper.make_tensor_value_info(
+            "y", TensorProto.FLOAT, ["b", "t", 12])], initializer=inits)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+
+
+@pytest.mark.parametrize("alpha,outliers", [(0.0, 0), (0.5, 4)])
+def test_rows_do_not_depend_on_their_partners(alpha, outliers):
+    """One row's output is bit-identical alone and beside a row 1000x larger (a per-tensor scale
+    would crush it), and close to fp32; the two MatMuls share one packed int8 product."""
+    model = _two_matmul_graph()
+    reference = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    x = _outlier_inputs(6, 32).astype(np.float32).reshape(2, 3, 32)
+    groups = weight_matmul_groups(model, set())
+    absmax = {"x": np.abs(x).reshape(-1, 32).max(0)}
+    counts = rewrite_rowwise_int8(model, groups, 127, absmax, alpha, outliers)
+    assert counts["inputs"] == 1 and counts["matmuls"] == 2
+    ops = [n.op_type for n in model.graph.node]
+    assert ops.count("MatMulIntegerToFloat") == 1 and ops.count("MatMul") == (1 if outliers else 0)
+    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    alone = session.run(None, {"x": x[:1]})[0]
+    loud = x.copy()
+    loud[1] *= 1000.0
+    together = session.run(None, {"x": loud})[0]
+    np.testing.assert_array_equal(alone[0], together[0])
+    expected = reference.run(None, {"x": x})[0]
+    got = session.run(None, {"x": x})[0]
+    cosine = (got * expected).sum(-1) / np.linalg.norm(got, axis=-1) / np.linalg.norm(
+        expected, axis=-1)
+    assert cosine.min() > 0.999 and not np.array_equal(got, expected)
+
+
+def _chain_graph(k: int = 32) -> onnx.ModelProto:
+    """x -> MatMul(W1) -> h -> MatMul(W2) -> y: two groups, the second reading the first."""
+    rng = np.random.default_rng(4)
+    inits = [numpy_helper.from_array(rng.normal(size=(k, k)).astype(np.float32), f"w{i}")
+             for i in (1, 2)]
+    nodes = [helper.make_node("MatMul", ["x", "w1"], ["h"], name="mm1"),
+             helper.make_node("MatMul", ["h", "w2"], ["y"], name="mm2")]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info(
+        "x", TensorProto.FLOAT, ["b", k])], [helper.make_tensor_value_info(
+            "y", TensorProto.FLOAT, ["b", k])], initializer=inits)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+
+
+def test_fallback_mask_picks_each_groups_path_exactly():
+    """The calibration graph (every group in int8 and in fp32, a mask input choosing): mask 1 is
+    bit-identical to the plain int8 rewrite, mask 0 is fp32 (through the smoothed weights), and
+    a mixed mask is the int8 graph with that group left alone."""
+    x = _outlier_inputs(5, 32).astype(np.float32)
+    absmax = {"x": np.abs(x).max(0), "h": np.full(32, 50.0)}
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+
+    def run(model, feed):
+        return ort.InferenceSession(model.SerializeToString(), options,
+                                    providers=["CPUExecutionProvider"]).run(None, feed)[0]
+
+    def rewritten(groups_kept, mask=None):
+        model = _chain_graph()
+        groups = weight_matmul_groups(model, set())
+        groups = {x: nodes for x, nodes in groups.items() if x in groups_kept}
+        rewrite_rowwise_int8(model, groups, 127, absmax, 0.5, 2, mask)
+        return model
+
+    reference = run(_chain_graph(), {"x": x})
+    dual = rewritten({"x", "h"}, FALLBACK_MASK)
+    assert dual.graph.input[-1].name == FALLBACK_MASK
+    ones, zeros = np.ones(2, np.float32), np.zeros(2, np.float32)
+    np.testing.assert_array_equal(run(dual, {"x": x, FALLBACK_MASK: ones}),
+                                  run(rewritten({"x", "h"}), {"x": x}))
+    np.testing.assert_allclose(run(dual, {"x": x, FALLBACK_MASK: zeros}), reference, rtol=1e-4,
+                               atol=1e-3)
+    second_fp32 = run(dual, {"x": x, FALLBACK_MASK: np.array([1, 0], np.float32)})
+    np.testing.assert_allclose(second_fp32, run(rewritten({"x"}), {"x": x}), rtol=1e-4, atol=1e-3)
+    assert not np.allclose(second_fp32, reference, rtol=1e-4, atol=1e-3)  # the first is int8
+
+
+def test_target_cosine_restores_fp32_groups_until_met(tmp_path):
+    """With a calibration target above what all-int8 reaches, the most damaging groups go back
+    to fp32 until the target holds, and the written graph (rewritten without them: no smoothing
+    folded for them) reaches it on the calibration texts against the fp32 graph."""
+    from toolchain.embedder import Embedder
+    from toolchain.export.profiles import profile_dir
+    from toolchain.probe_texts import CALIBRATION_TEXTS
+
+    model_dir = make_model_dir(tmp_path, "tiny-mistral", "m5")
+    _perturb_norms(model_dir)
+    target = 0.99995  # all-int8 measures about 0.9998 on this model
+    profile = tmp_path / "int8-target.yaml"
+    text = (profile_dir() / "int8-rowwise.yaml").read_text()
+    assert "target_cosine: 0.997 " in text
+    profile.write_text(text.replace("name: int8-rowwise", "name: int8-target").replace(
+        "target_cosine: 0.997 ", f"target_cosine: {target} "))
+    [(fp32, _), (artifact, report)] = export_model_dir(
+        model_dir, ["fp32", str(profile)], out=tmp_path / "out", threads=1, log=lambda *_: None)
+    assert report["passed"], report["failures"]
+    details = read_manifest(artifact)["transform"]
+    assert details["calibrated_all_int8_min_cosine"] < target <= details["calibrated_min_cosine"]
+    assert details["kept_fp32"], "the target is above all-int8: some group must stay fp32"
+    ops = [n.op_type for n in onnx.load(str(artifact / "model.onnx")).graph.node]
+    assert 0 < ops.count("MatMulIntegerToFloat") == details["inputs"]
+    # the written graph, not only the calibration graph, meets the target (texts one a batch,
+    # as calibrated)
+    embed = [Embedder.open(a, threads=1) for a in (fp32, artifact)]
+    cosines = [(embed[0].encode([t]) @ embed[1].encode([t]).T).item() for t in CALIBRATION_TEXTS]
+    assert min(cosines) >= target - 1e-6
+
+
+def _perturb_norms(model_dir) -> None:
+    """RMSNorm weights unlike each other, as trained ones are: the exporter merges identical
+    initialisers (a random-init model's all-ones norms become one shared tensor), and a shared
+    norm weight must not take one input's smoothing."""
+    from toolchain.modeling import save_embedding_model
+    from toolchain.modeling.model import load_embedding_model
+
+    model = load_embedding_model(model_dir)
+    gen = torch.Generator().manual_seed(3)
+    with torch.no_grad():
+        for name, param in model.backbone.named_parameters():
+            if "norm" in name:
+                param.mul_(1 + 0.1 * torch.rand(param.shape, generator=gen))
+    save_embedding_model(model, model_dir)
+
+
+@pytest.mark.parametrize("preset,variant,fuse", [("tiny-mistral", "m5", True),
+                                                 ("tiny-llama", "m1", False)])
+def test_rowwise_int8_passes_verify_batch_invariant(tmp_path, preset, variant, fuse):
+    """Bidirectional on the fused graph (smoothing folded into its RMSNorms) and causal on the
+    plain graph (smoothing as a Mul): verify passes, a text embeds identically alone or in any
+    batch, every weight MatMul of the backbone and head is int8, and the manifest counts them."""
+    model_dir = make_model_dir(tmp_path, preset, variant)
+    _perturb_norms(model_dir)
+    [(artifact, report)] = export_model_dir(model_dir, ["int8-rowwise"], threads=1, fuse=fuse,
+                                            log=lambda *_: None)
+    assert report["passed"], report["failures"]
+    assert report["batch_invariance"]["max_abs"] <= 1e-6
+    assert 0.99 <= report["parity_texts"]["min_cosine"] < 1 - 1e-9  # quantised, not exact
+    details = read_manifest(artifact)["transform"]
+    graph = onnx.load(str(artifact / "model.onnx")).graph
+    ops = [node.op_type for node in graph.node]
+    assert details["name"] == "quantize_rowwise_int8"
+    assert ops.count("MatMulIntegerToFloat") == details["inputs"] > 0
+    assert (details["norms_folded"] > 0) == fuse  # only the fused graph has RMSNorm nodes
+    weights = {i.name for i in graph.initializer}
+    exact = [n for n in graph.node if n.op_type == "MatMul" and n.input[1] in weights]
+    assert len(exact) == details["inputs"]  # the fp32 outlier products, one per input
+    assert all(numpy_helper.to_array(next(i for i in graph.initializer if i.name == n.input[1]))
+               .shape[0] == 8 for n in exact)

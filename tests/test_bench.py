@@ -8,8 +8,8 @@ import torch
 
 from toolchain.bench.budget import check_budget, format_violations, load_budget
 from toolchain.bench.compare import compare_models, min_attainable_p, paired_test
-from toolchain.bench.latency import (make_inputs, parse_grid, percentiles, time_callable,
-                                     time_interleaved, time_runner)
+from toolchain.bench.latency import (make_inputs, ort_matmul_limit, parse_grid, percentiles,
+                                     time_callable, time_interleaved, time_runner)
 from toolchain.bench.report import family_of, write_report
 from toolchain.bench.split import analytic_table, cost_split
 from toolchain.errors import ToolchainError
@@ -43,6 +43,19 @@ class TorchRunner:
 def models():
     torch.set_num_threads(1)  # the CPU is shared: one thread keeps timings from collapsing
     return {v: build_embedding_model("tiny-mistral", v, verify=False) for v in ("m1", "m3", "m4")}
+
+
+@pytest.mark.parametrize("threads", [None, 1])  # None: ORT's default, as `bench all` passes it
+def test_ort_matmul_limit_is_the_best_shape(threads):
+    """The limit is the fastest single-MatMul graph's rate, each rate 2mkn / best time."""
+    shapes = ((64, 32, 48), (256, 128, 128))
+    limit = ort_matmul_limit(threads, shapes=shapes, repeats=2)
+    rows = limit["shapes"]
+    assert [(r["m"], r["k"], r["n"]) for r in rows] == list(shapes)
+    for row in rows:
+        assert row["gflops"] == pytest.approx(2 * row["m"] * row["k"] * row["n"]
+                                              / row["best_ms"] / 1e6)
+    assert limit["gflops"] == max(r["gflops"] for r in rows) > 0
 
 
 def test_parse_grid():

@@ -197,7 +197,8 @@ def _ort_matmul_rate(m: int, k: int, n: int, threads: int | None, repeats: int, 
         [helper.make_tensor_value_info("x", TensorProto.FLOAT, [m, k])],
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, [m, n])], initializer=[weight])
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
-    session = ort.InferenceSession(model.SerializeToString(), session_options(None, threads),
+    session = ort.InferenceSession(model.SerializeToString(),
+                                   session_options(None, threads or 0),  # 0: ORT's default
                                    providers=["CPUExecutionProvider"])
     feed = {"x": rng.standard_normal((m, k), dtype=np.float32)}
     best = min(time_callable(lambda: session.run(None, feed), warmup=2, repeats=repeats)) / 1e3

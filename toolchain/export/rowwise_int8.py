@@ -6,9 +6,11 @@ The transform rewrites every MatMul of the fp32 graph that has a constant 2-D we
     u8 x int8 W --com.microsoft.MatMulIntegerToFloat (per-column weight scales)--> (rows, N)
     * row scale --Reshape--> (..., N)
 
-Why row-wise: a row's scale depends on that row only, so a text embeds the same alone or with any
-batch partners and any padding (the dynamic `int8` profile computes one scale per tensor over the
-whole batch). MatMuls that read the same tensor (q/k/v, gate/up) share one quantisation.
+Why row-wise: a row's scale depends on that row only, so a row's int8 product does not depend on
+its batch partners (the dynamic `int8` profile computes one scale per tensor over the whole batch).
+The fp32 parts (attention) change with padding at ~1e-7, which can flip a rounding: a trained
+model may amplify that (measured in export/int8-rowwise.yaml). MatMuls that read the same tensor
+(q/k/v, gate/up) share one quantisation.
 
 Why smoothing (SmoothQuant, Xiao et al. 2023): real decoder activations have a few outlier
 channels, which set every row's scale and crush the rest to a few levels. Each quantised input
@@ -17,6 +19,10 @@ multiplied by s_j: exact in real arithmetic, it moves the outliers into the weig
 per-column scales absorb. max|x_j| is calibrated at export on CALIBRATION_FILE's feeds. Where the
 input is the normalised output of an RMSNorm whose weight nothing else reads, 1/s is folded into
 that weight (no extra op); otherwise a Mul does it.
+
+Why some groups stay fp32 (``target_cosine``): on real weights a few layers' inputs (the first
+layers', where massive activations arise) do not survive int8 even smoothed; which ones is
+measured per model at export (:func:`choose_fp32_groups`).
 """
 
 from __future__ import annotations

@@ -25,6 +25,8 @@ from pathlib import Path
 
 # Interleaved contenders must not steal each other's cores: idle threads sleep instead of
 # spinning (torch's OpenMP here, ORT's pool via allow_spinning below). Set before torch loads.
+# Measured cost: at tiny shapes this slows eager torch ~3x (tiny m1 8x128: 28.4 ms here, 9.5 ms
+# in `make bench`), so compare tiny models' eager rows with `poolattn bench`'s, not these.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))

@@ -50,14 +50,10 @@ class GraphRunner:
     threads not spinning between runs; also bare graphs (verify refused them: speed only)."""
 
     def __init__(self, path: Path, threads: int) -> None:
-        import onnxruntime as ort
+        from toolchain.ort_session import ort_session
 
-        from toolchain.ort_session import session_options
-
-        options = session_options(None, threads)
-        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        self.session = ort.InferenceSession(str(path), options,
-                                            providers=["CPUExecutionProvider"])
+        self.session, _ = ort_session(path, None, "cpu", threads,
+                                      config={"session.intra_op.allow_spinning": "0"})
 
     def run(self, input_ids, attention_mask):
         return self.session.run(None, {"input_ids": input_ids, "attention_mask": attention_mask})

@@ -38,6 +38,11 @@ def main() -> None:
     p.add_argument("--only-profiles", action="store_true", help="skip the built-in candidates")
     args = p.parse_args()
     profiles = ([] if args.only_profiles else CANDIDATES) + [load_profile(f) for f in args.profile]
+    model = None  # the source model, loaded once if a profile calibrates (its tokenizer)
+    if any(needs_calibration(profile) for profile in profiles):
+        from toolchain.modeling.model import load_embedding_model
+
+        model = load_embedding_model(source_model_dir(args.artifact, read_manifest(args.artifact)))
     for profile in profiles:
         target = args.artifact.parent / profile.name
         target.mkdir(exist_ok=True)
@@ -45,10 +50,6 @@ def main() -> None:
             source = Path(scratch)
             (source / MODEL_FILE).symlink_to((args.artifact / MODEL_FILE).resolve())
             if needs_calibration(profile):
-                from toolchain.modeling.model import load_embedding_model
-
-                model = load_embedding_model(source_model_dir(args.artifact,
-                                                              read_manifest(args.artifact)))
                 write_calibration(source, model.tokenizer, model.backbone.config.vocab_size)
             built = apply_profile(source, target, profile, external=False)
         (target / "details.json").write_text(json.dumps(built, indent=1) + "\n")

@@ -186,10 +186,9 @@ MATMUL_LIMIT_SHAPES = ((1024, 576, 1536), (4096, 576, 1536), (2048, 2048, 2048),
 
 def _ort_matmul_rate(m: int, k: int, n: int, threads: int | None, repeats: int, rng) -> dict:
     """One MatMul graph, activations (m, k) times a constant (k, n) weight, timed in ORT."""
-    import onnxruntime as ort
     from onnx import TensorProto, helper, numpy_helper
 
-    from toolchain.ort_session import session_options
+    from toolchain.ort_session import ort_session
 
     weight = numpy_helper.from_array(rng.standard_normal((k, n), dtype=np.float32), "w")
     graph = helper.make_graph(
@@ -197,9 +196,7 @@ def _ort_matmul_rate(m: int, k: int, n: int, threads: int | None, repeats: int, 
         [helper.make_tensor_value_info("x", TensorProto.FLOAT, [m, k])],
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, [m, n])], initializer=[weight])
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
-    session = ort.InferenceSession(model.SerializeToString(),
-                                   session_options(None, threads or 0),  # 0: ORT's default
-                                   providers=["CPUExecutionProvider"])
+    session, _ = ort_session(model.SerializeToString(), None, "cpu", threads)
     feed = {"x": rng.standard_normal((m, k), dtype=np.float32)}
     best = min(time_callable(lambda: session.run(None, feed), warmup=2, repeats=repeats)) / 1e3
     return {"m": m, "k": k, "n": n, "best_ms": best * 1e3, "gflops": 2 * m * k * n / best / 1e9}

@@ -38,6 +38,7 @@ from toolchain.export.onnx_export import MODEL_FILE
 from toolchain.export.optimize import (matmuls_in_modules, read_calibration, register_transform,
                                        save_graph)
 from toolchain.export.profiles import Profile
+from toolchain.ort_session import ort_session
 
 RMSNORMS = {"SimplifiedLayerNormalization": 1, "SkipSimplifiedLayerNormalization": 2}  # gamma input
 SMOOTH_CLIP = (1e-2, 1e2)
@@ -58,16 +59,12 @@ def weight_matmul_groups(model, keep_fp32: set[str]) -> dict[str, list]:
 def channel_absmax(model_path: Path, feeds: list[dict], names: list[str]) -> dict[str, np.ndarray]:
     """max |x_j| per channel (last axis) of each named tensor over ``feeds``, from ORT."""
     import onnx
-    import onnxruntime as ort
 
     model = onnx.load(str(model_path))
     for name in names:
         model.graph.output.append(onnx.helper.make_empty_tensor_value_info(name))
-    options = ort.SessionOptions()
     # unoptimised, so that ORT's fusions cannot swallow the tensors we read
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    session = ort.InferenceSession(model.SerializeToString(), options,
-                                   providers=["CPUExecutionProvider"])
+    session, _ = ort_session(model.SerializeToString(), {"graph_optimization_level": "disable"})
     absmax: dict[str, np.ndarray] = {}
     for feed in feeds:
         for name, value in zip(names, session.run(names, feed)):
@@ -77,11 +74,15 @@ def channel_absmax(model_path: Path, feeds: list[dict], names: list[str]) -> dic
 
 
 class _Graph:
-    """New nodes and initialisers for the rewrite, with unique names."""
+    """New nodes and initialisers for the rewrite, with unique names, and lookups into the
+    graph as it was (the rewrite only appends until it splices its nodes in)."""
 
     def __init__(self, model) -> None:
         self.model = model
         self.initializers: list = []
+        self.existing = {i.name: i for i in model.graph.initializer}
+        self.producer = {out: n for n in model.graph.node for out in n.output}
+        self.uses = collections.Counter(i for n in model.graph.node for i in n.input)
 
     def const(self, name: str, value) -> str:
         from onnx import numpy_helper
@@ -108,14 +109,12 @@ def _fold_into_norm(graph: _Graph, x: str, inverse: np.ndarray, readers: int) ->
     and nothing else reads that weight."""
     from onnx import numpy_helper
 
-    nodes = graph.model.graph.node
-    producer = next((n for n in nodes if x in n.output), None)
+    producer = graph.producer.get(x)
     if producer is None or producer.op_type not in RMSNORMS or producer.output[0] != x:
         return False
     gamma = producer.input[RMSNORMS[producer.op_type]]
-    uses = collections.Counter(i for n in nodes for i in n.input)
-    init = next((i for i in graph.model.graph.initializer if i.name == gamma), None)
-    if init is None or uses[gamma] != 1 or uses[x] != readers:
+    init = graph.existing.get(gamma)
+    if init is None or graph.uses[gamma] != 1 or graph.uses[x] != readers:
         return False
     value = numpy_helper.to_array(init).astype(np.float32) * inverse
     init.CopyFrom(numpy_helper.from_array(value.astype(np.float32), gamma))
@@ -160,7 +159,7 @@ def rewrite_rowwise_int8(model, groups: dict[str, list], weight_qmax: int,
     from onnx import helper, numpy_helper
 
     g = _Graph(model)
-    weights = {i.name: i for i in model.graph.initializer}
+    weights = g.existing
     eps = g.const("rw_eps", np.array(1e-8, np.float32))  # an all-zero row keeps scale > 0
     inv127 = g.const("rw_inv127", np.array(1 / 127, np.float32))
     one = g.const("rw_one", np.array(1.0, np.float32))
@@ -206,18 +205,16 @@ def rewrite_rowwise_int8(model, groups: dict[str, list], weight_qmax: int,
         out_shape = g.node(out, "Concat", [lead, g.const(p + "n_out", np.array([packed.shape[1]]))],
                            p + "out_shape", axis=0)
         names = [n.output[0] for n in nodes]
-        result = names[0] if len(nodes) == 1 else p + "result"
-        blended = result
-        if fallback_mask is not None:
-            result = p + "int8_result"
+        result = names[0] if len(nodes) == 1 else p + "result"  # what the Split (if any) reads
+        int8_result = result if fallback_mask is None else p + "int8_result"
         if len(channels):
             picked = g.node(out, "Gather", [source, g.const(p + "channels", channels)],
                             p + "picked", axis=-1)
             exact_part = g.node(out, "MatMul", [picked, g.const(p + "w_exact", exact)], p + "exact")
             int8_part = g.node(out, "Reshape", [scaled, out_shape], p + "int8_part")
-            g.node(out, "Add", [int8_part, exact_part], result)
+            g.node(out, "Add", [int8_part, exact_part], int8_result)
         else:
-            g.node(out, "Reshape", [scaled, out_shape], result)
+            g.node(out, "Reshape", [scaled, out_shape], int8_result)
         if fallback_mask is not None:
             # the fp32 path reads the same (smoothed) input: its weight undoes input_scale
             full = np.concatenate(mats, axis=1) / input_scale[:, None]
@@ -226,9 +223,8 @@ def rewrite_rowwise_int8(model, groups: dict[str, list], weight_qmax: int,
             pick = g.node(out, "Gather", [fallback_mask, g.const(p + "index", np.array(index))],
                           p + "pick")
             drop = g.node(out, "Sub", [one, pick], p + "drop")
-            g.node(out, "Add", [g.node(out, "Mul", [result, pick], p + "int8_kept"),
-                                g.node(out, "Mul", [fp32, drop], p + "fp32_kept")], blended)
-            result = blended
+            g.node(out, "Add", [g.node(out, "Mul", [int8_result, pick], p + "int8_kept"),
+                                g.node(out, "Mul", [fp32, drop], p + "fp32_kept")], result)
         if len(nodes) > 1:
             sizes = g.const(p + "sizes", np.array([m.shape[1] for m in mats], np.int64))
             out.append(helper.make_node("Split", [result, sizes], names, name=p + "split", axis=-1))
@@ -258,14 +254,9 @@ FALLBACK_MASK = "rw_int8_mask"
 def _embedder(model, feeds: list[dict]):
     """embed(mask) -> the calibration feeds' unit embeddings, (feeds, dim), from ``model`` (a
     graph rewritten with a fallback mask), run the way verify runs it."""
-    import onnxruntime as ort
-
     from toolchain.export.onnx_export import OUTPUT_NAME
 
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = 0
-    session = ort.InferenceSession(model.SerializeToString(), options,
-                                   providers=["CPUExecutionProvider"])
+    session, _ = ort_session(model.SerializeToString(), None)
 
     def embed(mask: np.ndarray) -> np.ndarray:
         rows = np.concatenate([session.run([OUTPUT_NAME], {**feed, FALLBACK_MASK: mask})[0]
@@ -321,18 +312,18 @@ def quantize_rowwise_int8(source: Path, target: Path, profile: Profile, external
     keep = set(matmuls_in_modules(model, list(settings.get("keep_fp32", []))))
     groups = weight_matmul_groups(model, keep)
     outliers = int(settings.get("outlier_channels", 0))
+    target_cosine = float(settings.get("target_cosine", 0))
+    feeds = read_calibration(source) if alpha > 0 or outliers > 0 or target_cosine > 0 else []
     absmax = None
     if alpha > 0 or outliers > 0:
-        absmax = channel_absmax(source / MODEL_FILE, read_calibration(source), list(groups))
+        absmax = channel_absmax(source / MODEL_FILE, feeds, list(groups))
     weight_qmax = 63 if settings.get("reduce_range", True) else 127
-    target_cosine = float(settings.get("target_cosine", 0))
     calibrated, restored = {}, []
     if target_cosine > 0:
         started = time.perf_counter()
         trial = copy.deepcopy(model)
         rewrite_rowwise_int8(trial, groups, weight_qmax, absmax, alpha, outliers, FALLBACK_MASK)
-        calibrated = choose_fp32_groups(trial, read_calibration(source), len(groups),
-                                        target_cosine)
+        calibrated = choose_fp32_groups(trial, feeds, len(groups), target_cosine)
         del trial
         restored = [list(groups)[i] for i in calibrated.pop("fp32")]
         keep |= {node.name for x in restored for node in groups.pop(x)}

@@ -110,11 +110,13 @@ def quantize_blockwise_int8(source: Path, target: Path, profile: Profile, extern
     save_graph(quantizer.model.model, target, external)
 
 
-def write_calibration(directory: Path, tokenizer, vocab_size: int, random_rows: int = 8) -> Path:
+def write_calibration(directory: Path, tokenizer, vocab_size: int, random_rows: int = 16) -> Path:
     """Calibration feeds, one text a batch, into an .npz: CALIBRATION_TEXTS as the model will see
-    them, and ``random_rows`` texts of random token ids (lengths spread up to max_length), so
-    that fixed activation scales also hold inputs far from everyday prose (code, rare scripts,
-    junk), where clipped outliers would otherwise cost the most."""
+    them, and ``random_rows`` texts of random token ids, so that fixed activation scales also
+    hold inputs far from everyday prose (code, rare scripts, junk), where clipped outliers would
+    otherwise cost the most. Their lengths spread geometrically from 1 token to max_length, as
+    verify's random shapes do (with 8 rows of 8 to 64 tokens, the int8 profile's fp32 groups
+    chosen on SmolLM2 m5 reached 0.985 on verify's random shapes against 0.997 calibrated)."""
     import numpy as np
 
     from toolchain.probe_texts import CALIBRATION_TEXTS
@@ -123,7 +125,7 @@ def write_calibration(directory: Path, tokenizer, vocab_size: int, random_rows: 
     rows = [{k: v.numpy() for k, v in batch.items()} for batch in rows]
     rng = np.random.default_rng(2027)  # not verify's seeds: its random shapes stay unseen
     for i in range(random_rows):
-        length = max(2, tokenizer.max_length * (i + 1) // random_rows)
+        length = max(1, round(tokenizer.max_length ** (i / max(random_rows - 1, 1))))
         rows.append({"input_ids": rng.integers(3, vocab_size, (1, length), dtype=np.int64),
                      "attention_mask": np.ones((1, length), dtype=np.int64)})
     arrays = {}

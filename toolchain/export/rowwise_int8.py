@@ -7,10 +7,11 @@ The transform rewrites every MatMul of the fp32 graph that has a constant 2-D we
     * row scale --Reshape--> (..., N)
 
 Why row-wise: a row's scale depends on that row only, so a row's int8 product does not depend on
-its batch partners (the dynamic `int8` profile computes one scale per tensor over the whole batch).
-The fp32 parts (attention) change with padding at ~1e-7, which can flip a rounding: a trained
-model may amplify that (measured in export/int8-rowwise.yaml). MatMuls that read the same tensor
-(q/k/v, gate/up) share one quantisation.
+its batch partners (`int8-dynamic` computes one scale per tensor over the whole batch).
+Padding must not move the fp32 parts either: a change of ~1e-7 flips a rounding now and then,
+and a trained model amplifies the flips, so the graph's sums over tokens (attention, masked
+means) are first rewritten padding-exact (toolchain.export.padding_exact). MatMuls that read the
+same tensor (q/k/v, gate/up) share one quantisation.
 
 Why smoothing (SmoothQuant, Xiao et al. 2023): real decoder activations have a few outlier
 channels, which set every row's scale and crush the rest to a few levels. Each quantised input
@@ -28,6 +29,8 @@ measured per model at export (:func:`choose_fp32_groups`).
 from __future__ import annotations
 
 import collections
+import copy
+import tempfile
 import time
 from pathlib import Path
 
@@ -37,12 +40,14 @@ from toolchain.errors import ToolchainError
 from toolchain.export.onnx_export import MODEL_FILE
 from toolchain.export.optimize import (matmuls_in_modules, read_calibration, register_transform,
                                        save_graph)
+from toolchain.export.padding_exact import rewrite_padding_exact
 from toolchain.export.profiles import Profile
 from toolchain.ort_session import ort_session
 
 RMSNORMS = {"SimplifiedLayerNormalization": 1, "SkipSimplifiedLayerNormalization": 2}  # gamma input
 SMOOTH_CLIP = (1e-2, 1e2)
 OUTLIER_SHRINK = 2.0 ** -10  # bounds s_j: a dead channel must not blow its weight row up
+PROTOBUF_BYTES = 2**31 - 2**26  # what one serialised graph may hold, with room for its nodes
 
 
 def weight_matmul_groups(model, keep_fp32: set[str]) -> dict[str, list]:
@@ -56,6 +61,17 @@ def weight_matmul_groups(model, keep_fp32: set[str]) -> dict[str, list]:
     return dict(groups)
 
 
+def in_memory_session(model, settings: dict | None):
+    """An ORT session over an onnx.ModelProto held in memory. Past protobuf's 2 GiB (a model of
+    ~0.5B parameters in fp32) it cannot be serialised: it goes through a scratch file with
+    external data instead (a copy, since saving strips the tensors it moves out)."""
+    if sum(len(i.raw_data) for i in model.graph.initializer) < PROTOBUF_BYTES:
+        return ort_session(model.SerializeToString(), settings)[0]
+    with tempfile.TemporaryDirectory(prefix="rowwise-") as scratch:
+        save_graph(copy.deepcopy(model), Path(scratch), external=True)
+        return ort_session(Path(scratch) / MODEL_FILE, settings)[0]
+
+
 def channel_absmax(model_path: Path, feeds: list[dict], names: list[str]) -> dict[str, np.ndarray]:
     """max |x_j| per channel (last axis) of each named tensor over ``feeds``, from ORT."""
     import onnx
@@ -64,7 +80,7 @@ def channel_absmax(model_path: Path, feeds: list[dict], names: list[str]) -> dic
     for name in names:
         model.graph.output.append(onnx.helper.make_empty_tensor_value_info(name))
     # unoptimised, so that ORT's fusions cannot swallow the tensors we read
-    session, _ = ort_session(model.SerializeToString(), {"graph_optimization_level": "disable"})
+    session = in_memory_session(model, {"graph_optimization_level": "disable"})
     absmax: dict[str, np.ndarray] = {}
     for feed in feeds:
         for name, value in zip(names, session.run(names, feed)):
@@ -256,7 +272,7 @@ def _embedder(model, feeds: list[dict]):
     graph rewritten with a fallback mask), run the way verify runs it."""
     from toolchain.export.onnx_export import OUTPUT_NAME
 
-    session, _ = ort_session(model.SerializeToString(), None)
+    session = in_memory_session(model, None)
 
     def embed(mask: np.ndarray) -> np.ndarray:
         rows = np.concatenate([session.run([OUTPUT_NAME], {**feed, FALLBACK_MASK: mask})[0]
@@ -299,9 +315,8 @@ def quantize_rowwise_int8(source: Path, target: Path, profile: Profile, external
     """See the module docstring. Profile settings (quantize:): smooth_alpha (0 = no smoothing),
     outlier_channels (fp32 channels per input), reduce_range (7-bit weights), keep_fp32 (module
     paths whose MatMuls stay fp32), target_cosine (0 = off: else the groups that stay fp32 are
-    chosen on the calibration feeds, :func:`choose_fp32_groups`)."""
-    import copy
-
+    chosen on the calibration feeds, :func:`choose_fp32_groups`), padding_exact (default on:
+    sums over tokens rewritten padding-exact, toolchain.export.padding_exact)."""
     import onnx
 
     settings = profile.quantize or {}
@@ -309,6 +324,7 @@ def quantize_rowwise_int8(source: Path, target: Path, profile: Profile, external
     if not 0 <= alpha <= 1:
         raise ToolchainError(f"{profile.path}: quantize.smooth_alpha {alpha} is not in [0, 1]")
     model = onnx.load(str(source / MODEL_FILE))
+    exact = rewrite_padding_exact(model) if settings.get("padding_exact", True) else {}
     keep = set(matmuls_in_modules(model, list(settings.get("keep_fp32", []))))
     groups = weight_matmul_groups(model, keep)
     outliers = int(settings.get("outlier_channels", 0))
@@ -330,6 +346,6 @@ def quantize_rowwise_int8(source: Path, target: Path, profile: Profile, external
         calibrated["seconds"] = time.perf_counter() - started
     counts = rewrite_rowwise_int8(model, groups, weight_qmax, absmax, alpha, outliers)
     save_graph(model, target, external)
-    return {**counts, "kept_fp32": sorted(keep),
+    return {**counts, "padding_exact": exact, "kept_fp32": sorted(keep),
             "fp32_groups": len(restored),
             **{f"calibrated_{k}": round(v, 6) for k, v in calibrated.items()}}

@@ -1,0 +1,149 @@
+"""Padding-exact sums over tokens (toolchain.export.padding_exact, issue 13): each rewrite
+computes what it replaces, and a text's results come out bit-identical alone and padded on
+either side, beyond the 128 and 256 tokens where MLAS's K blocks of a wider product would split
+differently under left padding (benchmarks/export_large/padding_exact_sums.py)."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from toolchain.errors import ToolchainError
+from toolchain.export.padding_exact import MAX_EXACT_TOKENS, rewrite_padding_exact
+
+HEADS, HEAD_DIM = 2, 32
+WIDTH = HEADS * HEAD_DIM
+MASKED = np.finfo(np.float32).min  # what the exported graphs put on a masked key
+LENGTHS = (7, 300, 700)
+PADS = (("left", 5), ("left", 37), ("right", 9))
+
+
+def _model(nodes: list, inputs: list, outputs: list, inits: list = ()) -> onnx.ModelProto:
+    graph = helper.make_graph(nodes, "g", inputs, outputs, initializer=list(inits))
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18),
+                                                   helper.make_opsetid("com.microsoft", 1)])
+
+
+def _tensor(name: str, shape: list) -> onnx.ValueInfoProto:
+    return helper.make_tensor_value_info(name, TensorProto.FLOAT, shape)
+
+
+def _mha_graph(width: int = WIDTH, key_padding_mask: bool = False) -> onnx.ModelProto:
+    inputs = ["q", "k", "v", "", "kpm" if key_padding_mask else "", "bias"]
+    node = helper.make_node("MultiHeadAttention", inputs, ["out"], domain="com.microsoft",
+                            num_heads=HEADS, name="mha")
+    graph_inputs = [_tensor(n, ["b", "s", width]) for n in "qkv"]
+    graph_inputs.append(_tensor("bias", ["b", 1, "s", "s"]))
+    if key_padding_mask:
+        graph_inputs.append(helper.make_tensor_value_info("kpm", TensorProto.INT32, ["b", "s"]))
+    return _model([node], graph_inputs, [_tensor("out", ["b", "s", width])])
+
+
+def _softmax_graph(head_dim: int = 12) -> onnx.ModelProto:
+    """A head's cross-attention over tokens: 3 latents query S tokens (head width 12, as the
+    compact head's 72 at SmolLM2 width is not a multiple of 16)."""
+    nodes = [helper.make_node("Softmax", ["scores"], ["p"], axis=-1, name="softmax"),
+             helper.make_node("MatMul", ["p", "v"], ["out"], name="pv")]
+    return _model(nodes, [_tensor("scores", ["b", HEADS, 3, "s"]),
+                          _tensor("v", ["b", HEADS, "s", head_dim])],
+                  [_tensor("out", ["b", HEADS, 3, head_dim])])
+
+
+def _token_sum_graph(keepdims: int) -> onnx.ModelProto:
+    node = helper.make_node("ReduceSum", ["x", "axes"], ["out"], keepdims=keepdims, name="sum")
+    return _model([node], [_tensor("x", ["b", "s", WIDTH])], [_tensor("out", None)],
+                  [numpy_helper.from_array(np.array([1], np.int64), "axes")])
+
+
+def _session(model: onnx.ModelProto) -> ort.InferenceSession:
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 2
+    return ort.InferenceSession(model.SerializeToString(), options,
+                                providers=["CPUExecutionProvider"])
+
+
+def _rewritten(model: onnx.ModelProto, kind: str) -> ort.InferenceSession:
+    counts = rewrite_padding_exact(model)
+    assert counts == {k: int(k == kind) for k in ("attention", "softmax_matmul", "token_sum")}
+    return _session(model)
+
+
+def _pad(text: np.ndarray, pad: int, side: str, axis: int, rng, fill=None) -> np.ndarray:
+    """``text`` with ``pad`` junk (or ``fill``) entries on ``side`` along ``axis``."""
+    shape = list(text.shape)
+    shape[axis] = pad
+    junk = (50 * rng.normal(size=shape) if fill is None else np.full(shape, fill))
+    parts = [junk.astype(np.float32), text] if side == "left" else [text, junk.astype(np.float32)]
+    return np.concatenate(parts, axis=axis)
+
+
+def _rows(length: int, pad: int, side: str) -> slice:
+    return slice(pad, None) if side == "left" else slice(0, length)
+
+
+def _attention_feeds(rng, length: int, pad: int, side: str, causal: bool) -> dict:
+    """One text of ``length`` tokens (the same q/k/v rows whatever the padding) and ``pad``
+    padded positions of junk on ``side``."""
+    text = {n: rng.normal(size=(1, length, WIDTH)).astype(np.float32) for n in "qkv"}
+    feeds = {n: _pad(x, pad, side, 1, rng) for n, x in text.items()}
+    total = length + pad
+    valid = np.zeros(total, bool)
+    valid[_rows(length, pad, side)] = True
+    allowed = valid[None, :] & (np.tril(np.ones((total, total), bool)) if causal
+                                else np.ones((total, total), bool))
+    feeds["bias"] = np.where(allowed, 0, MASKED).astype(np.float32)[None, None]
+    return feeds
+
+
+@pytest.mark.parametrize("length", LENGTHS)
+@pytest.mark.parametrize("causal", [True, False])
+def test_attention_matches_mha_and_is_bit_exact_under_padding(length, causal):
+    assert length + 37 <= MAX_EXACT_TOKENS
+    reference = _session(_mha_graph())
+    exact = _rewritten(_mha_graph(), "attention")
+    alone = _attention_feeds(np.random.default_rng(length), length, 0, "left", causal)
+    out = exact.run(None, alone)[0]
+    np.testing.assert_allclose(out, reference.run(None, alone)[0], rtol=1e-5, atol=2e-6)
+    for side, pad in PADS:
+        padded = _attention_feeds(np.random.default_rng(length), length, pad, side, causal)
+        np.testing.assert_array_equal(exact.run(None, padded)[0][:, _rows(length, pad, side)],
+                                      out)
+
+
+@pytest.mark.parametrize("length", LENGTHS)
+def test_softmax_matmul_matches_and_is_bit_exact_under_padding(length):
+    rng = np.random.default_rng(length)
+    scores = 3 * rng.normal(size=(1, HEADS, 3, length)).astype(np.float32)
+    v = rng.normal(size=(1, HEADS, length, 12)).astype(np.float32)
+    exact = _rewritten(_softmax_graph(), "softmax_matmul")
+    out = exact.run(None, {"scores": scores, "v": v})[0]
+    expected = _session(_softmax_graph()).run(None, {"scores": scores, "v": v})[0]
+    np.testing.assert_allclose(out, expected, rtol=1e-5, atol=2e-6)
+    for side, pad in PADS:
+        feeds = {"scores": _pad(scores, pad, side, 3, rng, MASKED), "v": _pad(v, pad, side, 2, rng)}
+        np.testing.assert_array_equal(exact.run(None, feeds)[0], out)
+
+
+@pytest.mark.parametrize("keepdims", [0, 1])
+def test_token_sum_matches_and_is_bit_exact_under_padding(keepdims):
+    for length in LENGTHS:
+        rng = np.random.default_rng(length)
+        x = rng.normal(size=(1, length, WIDTH)).astype(np.float32)
+        exact = _rewritten(_token_sum_graph(keepdims), "token_sum")
+        out = exact.run(None, {"x": x})[0]
+        np.testing.assert_allclose(out, x.sum(1, keepdims=bool(keepdims)), rtol=1e-5, atol=1e-4)
+        for side, pad in PADS:  # a masked mean's padded rows are exact zeros
+            padded = _pad(x, pad, side, 1, rng, 0.0)
+            np.testing.assert_array_equal(exact.run(None, {"x": padded})[0], out)
+
+
+def test_unsupported_attention_is_refused_by_name():
+    with pytest.raises(ToolchainError, match="node mha: .*input key_padding_mask"):
+        rewrite_padding_exact(_mha_graph(key_padding_mask=True))
+    with pytest.raises(ToolchainError, match="node mha: .*width 34 for 2 heads"):
+        rewrite_padding_exact(_mha_graph(width=34))  # 17 a head: no divisor in [2, 16]
+    with pytest.raises(ToolchainError, match="node pv: attention values of shape"):
+        rewrite_padding_exact(_softmax_graph(head_dim=17))

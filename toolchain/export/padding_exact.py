@@ -1,0 +1,265 @@
+"""Padding-exact sums over tokens: the graph's reductions over the token axis rewritten so that
+a text's result is bit-identical alone, in a batch, and under either padding side.
+
+Why: ORT's MultiHeadAttention (the fusion of the exported SDPA) and Softmax normalise with MLAS's
+softmax, whose vectorised sum assigns keys to accumulators by position, and ReduceSum (a masked
+mean over tokens) does the same: extra padding moves their results by ~1e-7. fp32 does not care,
+but an int8 graph does: such a change flips an activation's rounding now and then, and a trained
+model amplifies the flips (SmolLM2 m5, row-wise int8: padding invariance 0.99901, export/int8.yaml).
+
+What makes a sum exact: a padded token enters it as an exact 0 (attention weight exp(-3.4e38 -
+max) = 0, mask 0), and 0 * v + acc is acc, so a sum that is one sequential chain over the tokens
+cannot change. MLAS's SGEMM computes each output as one chain over K, but cuts K into blocks
+(summed separately, then added) whose size depends on the output width N: 1024 tokens for
+N <= 16, 512 to N = 32, 256 to N = 64, 128 above; at N = 1 it takes a path that is not a chain
+at all; and a Transpose that ORT fuses into the MatMul (FusedMatMul, A transposed) splits at
+128 even at N = 16 (measured: benchmarks/export_large/padding_exact_sums.py, results in
+benchmarks/results/export_fusion.md). So every sum over tokens becomes an unfused MatMul with
+K = tokens and N <= 16 (CHUNK_WIDTH): exact up to MAX_EXACT_TOKENS tokens, padding included
+(right padding is exact at any length: the blocks then start at the same token). Exp is
+elementwise and position-independent in ORT (same script).
+
+The rewrites (each counted in the returned dict):
+- attention: com.microsoft.MultiHeadAttention (q, k, v of shape (B, S, H*d), attention_bias);
+- softmax_matmul: Softmax over the last axis whose only reader is MatMul(p, v) (the heads'
+  cross-attention over tokens);
+- token_sum: ReduceSum over axis 1 of a (B, tokens, W > 1) tensor (masked means; at W = 1 it
+  is the mask's token count, an integer sum, exact in any order).
+Attention becomes  e = exp(scores - rowmax(scores)),  out = (e @ v) / (e @ 1): v in column chunks
+of at most CHUNK_WIDTH, the ones in a chunk of their own (dividing after the product also saves a
+pass over the (S, S) weights).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from toolchain.errors import ToolchainError
+
+CHUNK_WIDTH = 16
+MAX_EXACT_TOKENS = 1024  # MLAS's K block at N <= CHUNK_WIDTH (see the module docstring)
+# MultiHeadAttention inputs this rewrite understands: query, key, value, attention_bias
+_MHA_UNSUPPORTED_INPUTS = {3: "bias", 4: "key_padding_mask", 6: "past_key", 7: "past_value"}
+_MHA_ATTRIBUTES = {"num_heads", "scale"}
+
+
+def chunk_width(head_dim: int) -> int | None:
+    """The widest divisor of ``head_dim`` in [2, CHUNK_WIDTH] (None if there is none)."""
+    return next((w for w in range(CHUNK_WIDTH, 1, -1) if head_dim % w == 0), None)
+
+
+class _Rewriter:
+    """Emits the new nodes and initialisers with unique names, with the graph's static shapes."""
+
+    def __init__(self, model) -> None:
+        from onnx import numpy_helper
+
+        self.numpy_helper = numpy_helper
+        self.nodes: list = []
+        self.initializers: list = []
+        self.shapes = {v.name: v.type.tensor_type.shape for v in (
+            *model.graph.value_info, *model.graph.input, *model.graph.output)}
+        self.constants = {i.name: i for i in model.graph.initializer}
+        self.index = 0
+        self.one = self.const("px_one", np.array(1.0, np.float32))
+        self.last = self.const("px_last", np.array([-1], np.int64))
+
+    def const(self, name: str, value) -> str:
+        self.initializers.append(self.numpy_helper.from_array(np.asarray(value), name))
+        return name
+
+    def op(self, kind: str, inputs: list[str], name: str, output: str | None = None,
+           **attrs) -> str:
+        from onnx import helper
+
+        output = output or name
+        self.nodes.append(helper.make_node(kind, inputs, [output], name=name, **attrs))
+        return output
+
+    def dims(self, name: str) -> list | None:
+        """Static dims (int) or symbols (str) of a value, None if unknown."""
+        shape = self.shapes.get(name)
+        if shape is None:
+            return None
+        return [d.dim_value if d.HasField("dim_value") else (d.dim_param or "?")
+                for d in shape.dim]
+
+    def prefix(self, kind: str) -> str:
+        self.index += 1
+        return f"px{self.index}_{kind}_"
+
+    def ones_chunk(self, p: str, chunks: str) -> str:
+        """Ones shaped like one chunk of ``chunks`` (..., n, S, w) along axis -3."""
+        shape = self.op("Shape", [chunks], p + "chunks_shape")
+        lead = self.op("Slice", [shape, self.const(p + "lead_start", np.array([0])),
+                                 self.const(p + "lead_end", np.array([-3]))], p + "lead")
+        tail = self.op("Slice", [shape, self.const(p + "tail_start", np.array([-2])),
+                                 self.const(p + "end", np.array([2**62]))], p + "tail")
+        ones_shape = self.op("Concat", [lead, self.const(p + "one_chunk", np.array([1])), tail],
+                             p + "ones_shape", axis=0)
+        return self.op("Expand", [self.one, ones_shape], p + "ones")
+
+    def weighted_sum(self, p: str, scores: str, value_chunks: str, chunks: int) -> str:
+        """softmax(scores) @ v as e @ [v | 1]: scores (..., T, S), value_chunks (..., chunks, S,
+        w) -> (..., chunks, T, w) (each chunk divided by the ones chunk)."""
+        shifted = self.op("Sub", [scores, self.op("ReduceMax", [scores, self.last], p + "row_max",
+                                                  keepdims=1)], p + "shifted")
+        weights = self.op("Unsqueeze", [self.op("Exp", [shifted], p + "exp"),
+                                        self.const(p + "chunk_axis", np.array([-3]))],
+                          p + "exp_chunked")
+        values = self.op("Concat", [value_chunks, self.ones_chunk(p, value_chunks)],
+                         p + "values_and_ones", axis=-3)
+        products = self.op("MatMul", [weights, values], p + "products")
+        numerator = self.op("Slice", [products, self.const(p + "zero", np.array([0])), self.const(
+            p + "chunks", np.array([chunks])), self.const(p + "chunk_axes", np.array([-3]))],
+            p + "numerator")
+        denominator = self.op("Slice", [products, self.const(p + "den_start", np.array([chunks, 0])),
+                                        self.const(p + "den_end", np.array([chunks + 1, 1])),
+                                        self.const(p + "den_axes", np.array([-3, -1]))],
+                              p + "denominator")
+        return self.op("Div", [numerator, denominator], p + "chunked_out")
+
+    def attention(self, node) -> None:
+        from onnx import helper
+
+        attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+        extra = [f"input {name}" for i, name in _MHA_UNSUPPORTED_INPUTS.items()
+                 if len(node.input) > i and node.input[i]]
+        extra += [f"attribute {a}" for a in sorted(set(attrs) - _MHA_ATTRIBUTES)]
+        heads, (q, k, v) = int(attrs["num_heads"]), node.input[:3]
+        width = (self.dims(q) or [None])[-1]
+        head_dim = width // heads if isinstance(width, int) and width % heads == 0 else None
+        chunk = chunk_width(head_dim) if head_dim else None
+        if extra or chunk is None:
+            why = ", ".join(extra) or f"width {width} for {heads} heads"
+            raise ToolchainError(f"node {node.name}: MultiHeadAttention with {why} is not "
+                                 f"supported by the padding-exact rewrite")
+        p, chunks = self.prefix("attention"), head_dim // chunk
+        split = self.const(p + "split_heads", np.array([0, 0, heads, head_dim]))
+        query = self.op("Transpose", [self.op("Reshape", [q, split], p + "q")], p + "q_heads",
+                        perm=[0, 2, 1, 3])
+        keys_t = self.op("Transpose", [self.op("Reshape", [k, split], p + "k")], p + "k_heads_t",
+                         perm=[0, 2, 3, 1])
+        scale = attrs.get("scale") or 1 / np.sqrt(head_dim)
+        scores = self.op("Mul", [self.op("MatMul", [query, keys_t], p + "qk"),
+                                 self.const(p + "scale", np.array(scale, np.float32))], p + "scores")
+        if len(node.input) > 5 and node.input[5]:
+            scores = self.op("Add", [scores, node.input[5]], p + "biased")
+        value_chunks = self.op("Transpose", [self.op("Reshape", [v, self.const(
+            p + "split_chunks", np.array([0, 0, heads, chunks, chunk]))], p + "v")],
+            p + "v_chunks", perm=[0, 2, 3, 1, 4])  # (B, H, chunks, S, w)
+        out = self.weighted_sum(p, scores, value_chunks, chunks)  # (B, H, chunks, T, w)
+        merged = self.op("Transpose", [out], p + "merged", perm=[0, 3, 1, 2, 4])
+        self.op("Reshape", [merged, self.const(p + "merge_heads", np.array([0, 0, width]))],
+                p + "out", node.output[0])
+
+    def softmax_matmul(self, softmax, matmul) -> None:
+        """Softmax(axis -1) -> MatMul(p, v (..., S, d)) with d static."""
+        v = matmul.input[1]
+        dims = self.dims(v)
+        head_dim = dims[-1] if dims and isinstance(dims[-1], int) else None
+        chunk = chunk_width(head_dim) if head_dim else None
+        if chunk is None or len(dims) < 2:
+            raise ToolchainError(f"node {matmul.name}: attention values of shape {dims} are not "
+                                 f"supported by the padding-exact rewrite")
+        p, chunks, rank = self.prefix("softmax"), head_dim // chunk, len(dims)
+        lead = list(range(rank - 2))
+        value_chunks = self.op("Transpose", [self.op("Reshape", [v, self.const(
+            p + "split_chunks", np.array([0] * (rank - 1) + [chunks, chunk]))], p + "v")],
+            p + "v_chunks", perm=lead + [rank - 1, rank - 2, rank])  # (..., chunks, S, w)
+        out = self.weighted_sum(p, softmax.input[0], value_chunks, chunks)  # (..., chunks, T, w)
+        merged = self.op("Transpose", [out], p + "merged", perm=lead + [rank - 1, rank - 2, rank])
+        self.op("Reshape", [merged, self.const(p + "merge", np.array([0] * (rank - 1) + [head_dim]))],
+                p + "out", matmul.output[0])
+
+    def token_sum(self, node) -> None:
+        """ReduceSum(x (B, T, W), axes [1]) as ones (w, T) @ x in column chunks (B, W/w, T, w),
+        first row. (x^T @ ones would read x through a transpose, which ORT fuses into its
+        MatMul, and the fused kernel is not one chain per output: measured.)"""
+        from onnx import helper
+
+        width = (self.dims(node.input[0]) or [None])[-1]
+        chunk = chunk_width(width) if isinstance(width, int) else None
+        if chunk is None:
+            raise ToolchainError(f"node {node.name}: a sum over tokens of width {width} is not "
+                                 f"supported by the padding-exact rewrite")
+        p = self.prefix("token_sum")
+        keepdims = next((helper.get_attribute_value(a) for a in node.attribute
+                         if a.name == "keepdims"), 1)
+        columns = self.op("Transpose", [self.op("Reshape", [node.input[0], self.const(
+            p + "split", np.array([0, 0, width // chunk, chunk]))], p + "chunked")],
+            p + "columns", perm=[0, 2, 1, 3])  # (B, W/w, T, w)
+        tokens = self.op("Slice", [self.op("Shape", [node.input[0]], p + "shape"),
+                                   self.const(p + "one", np.array([1])),
+                                   self.const(p + "two", np.array([2]))], p + "tokens")
+        ones = self.op("Expand", [self.one, self.op("Concat", [self.const(
+            p + "rows", np.array([chunk])), tokens], p + "ones_shape", axis=0)], p + "ones")
+        sums = self.op("MatMul", [ones, columns], p + "sums")  # (B, W/w, w, w), rows equal
+        first = self.op("Slice", [sums, self.const(p + "zero", np.array([0])), p + "one",
+                                  self.const(p + "row_axis", np.array([2]))], p + "first")
+        shape = [0, 1, width] if keepdims else [0, width]
+        self.op("Reshape", [first, self.const(p + "out_shape", np.array(shape))], p + "out",
+                node.output[0])
+
+    def is_token_sum(self, node) -> bool:
+        if node.op_type != "ReduceSum" or len(node.input) < 2:
+            return False
+        axes = self.constants.get(node.input[1])
+        dims = self.dims(node.input[0])
+        # width 1 is the mask's token count: an integer sum, exact in any order
+        return (axes is not None and dims is not None and len(dims) == 3
+                and list(self.numpy_helper.to_array(axes)) in ([1], [-2])
+                and isinstance(dims[1], str) and dims[2] != 1)
+
+
+def rewrite_padding_exact(model) -> dict[str, int]:
+    """Rewrite ``model`` (an onnx.ModelProto, in place) as the module docstring says; returns
+    {rewrite: count}.
+
+    Raises:
+        ToolchainError: an attention this rewrite cannot make exact (MultiHeadAttention inputs or
+        attributes beyond q, k, v, attention_bias, num_heads, scale; a head width without a
+        divisor in [2, CHUNK_WIDTH]), named by node.
+    """
+    if next(o.version for o in model.opset_import if o.domain in ("", "ai.onnx")) < 18:
+        raise ToolchainError("the padding-exact rewrite needs opset >= 18 (ReduceMax with axes "
+                             "as an input)")
+    rewriter = _Rewriter(model)
+    readers: dict[str, list] = {}
+    for node in model.graph.node:
+        for name in node.input:
+            readers.setdefault(name, []).append(node)
+    # softmax -> its one MatMul reader, rewritten where the MatMul is (both inputs exist there)
+    softmax_of: dict[str, object] = {}
+    for node in model.graph.node:
+        if node.op_type != "Softmax":
+            continue
+        reader = readers.get(node.output[0], [])
+        axis = next((a.i for a in node.attribute if a.name == "axis"), -1)
+        if (axis in (-1, len(rewriter.dims(node.input[0]) or []) - 1) and len(reader) == 1
+                and reader[0].op_type == "MatMul" and reader[0].input[0] == node.output[0]):
+            softmax_of[reader[0].name] = node
+    paired = {softmax.name for softmax in softmax_of.values()}
+    counts = {"attention": 0, "softmax_matmul": 0, "token_sum": 0}
+    kept = []
+    for node in model.graph.node:
+        if node.name in paired:
+            continue
+        if node.op_type == "MultiHeadAttention" and node.domain == "com.microsoft":
+            rewriter.attention(node)
+            counts["attention"] += 1
+        elif node.name in softmax_of:
+            rewriter.softmax_matmul(softmax_of[node.name], node)
+            counts["softmax_matmul"] += 1
+        elif rewriter.is_token_sum(node):
+            rewriter.token_sum(node)
+            counts["token_sum"] += 1
+        else:
+            kept.append(node)
+            continue
+        kept.extend(rewriter.nodes)
+        rewriter.nodes.clear()
+    del model.graph.node[:]
+    model.graph.node.extend(kept)
+    model.graph.initializer.extend(rewriter.initializers)
+    return counts

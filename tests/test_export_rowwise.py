@@ -154,9 +154,9 @@ def test_target_cosine_restores_fp32_groups_until_met(tmp_path, monkeypatch):
     target = 0.99995  # all-int8 measures about 0.9998 on this model
     profile = tmp_path / "int8-target.yaml"
     text = (profile_dir() / "int8.yaml").read_text()
-    assert "target_cosine: 0.997 " in text and "\nname: int8\n" in text
+    assert "target_cosine: 0.999 " in text and "\nname: int8\n" in text
     profile.write_text(text.replace("\nname: int8\n", "\nname: int8-target\n").replace(
-        "target_cosine: 0.997 ", f"target_cosine: {target} "))
+        "target_cosine: 0.999 ", f"target_cosine: {target} "))
     [(fp32, _), (artifact, report)] = export_model_dir(
         model_dir, ["fp32", str(profile)], out=tmp_path / "out", threads=1, log=lambda *_: None)
     assert report["passed"], report["failures"]

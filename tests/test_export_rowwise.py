@@ -1,5 +1,5 @@
 """The int8 profile (row-wise, issue 13): int8 MatMuls with one activation scale per row,
-SmoothQuant folded into the weights and RMSNorms, fp32 outlier channels, padding-exact attention.
+SmoothQuant folded into the weights and RMSNorms, fp32 outlier channels, padding-exact sums.
 Checked: the rewrite is exact in real arithmetic, a row's result never depends on the other rows,
 and exported tiny models pass verify with exact batch and padding invariance."""
 

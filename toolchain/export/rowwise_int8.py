@@ -62,13 +62,14 @@ def weight_matmul_groups(model, keep_fp32: set[str]) -> dict[str, list]:
 
 
 def in_memory_session(model, settings: dict | None):
-    """An ORT session over an onnx.ModelProto held in memory. Past protobuf's 2 GiB (a model of
-    ~0.5B parameters in fp32) it cannot be serialised: it goes through a scratch file with
-    external data instead (a copy, since saving strips the tensors it moves out)."""
+    """An ORT session over an onnx.ModelProto held in memory, which it consumes (both callers
+    drop the graph once the session exists). Past protobuf's 2 GiB (a model of ~0.5B parameters
+    in fp32) it cannot be serialised: it goes through a scratch file with external data instead,
+    and saving strips the tensors it moves out of ``model`` (no copy of the weights is made)."""
     if sum(len(i.raw_data) for i in model.graph.initializer) < PROTOBUF_BYTES:
         return ort_session(model.SerializeToString(), settings)[0]
     with tempfile.TemporaryDirectory(prefix="rowwise-") as scratch:
-        save_graph(copy.deepcopy(model), Path(scratch), external=True)
+        save_graph(model, Path(scratch), external=True)
         return ort_session(Path(scratch) / MODEL_FILE, settings)[0]
 
 
@@ -269,7 +270,8 @@ FALLBACK_MASK = "rw_int8_mask"
 
 def _embedder(model, feeds: list[dict]):
     """embed(mask) -> the calibration feeds' unit embeddings, (feeds, dim), from ``model`` (a
-    graph rewritten with a fallback mask), run the way verify runs it."""
+    graph rewritten with a fallback mask, consumed: :func:`in_memory_session`), run the way
+    verify runs it."""
     from toolchain.export.onnx_export import OUTPUT_NAME
 
     session = in_memory_session(model, None)
@@ -285,7 +287,7 @@ def choose_fp32_groups(model, feeds: list[dict], count: int, target: float) -> d
     """Which of the ``count`` groups stay fp32 so that every calibration feed's embedding keeps
     cosine >= ``target`` to fp32. Each group's own damage is measured with it alone in int8;
     then, from all groups in int8, the most damaging go back to fp32 one by one until the target
-    holds. ``model`` carries the fallback mask (:func:`rewrite_rowwise_int8`)."""
+    holds. ``model`` carries the fallback mask (:func:`rewrite_rowwise_int8`); it is consumed."""
     embed = _embedder(model, feeds)
     reference = embed(np.zeros(count, np.float32))
 

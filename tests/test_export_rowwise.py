@@ -48,7 +48,7 @@ def test_plan_is_exact_in_real_arithmetic():
 
 
 def _two_matmul_graph(k: int = 32) -> onnx.ModelProto:
-    """x -> MatMul(W1), MatMul(W2) (one group, packed); y = y1 + y2."""
+    """x -> MatMul(W1), MatMul(W2) (one group: one quantised x); y = y1 + y2."""
     rng = np.random.default_rng(2)
     inits = [numpy_helper.from_array(rng.normal(size=(k, n)).astype(np.float32), f"w{i}")
              for i, n in ((1, 8), (2, 4))]
@@ -64,7 +64,8 @@ def _two_matmul_graph(k: int = 32) -> onnx.ModelProto:
 @pytest.mark.parametrize("alpha,outliers", [(0.0, 0), (0.5, 4)])
 def test_rows_do_not_depend_on_their_partners(alpha, outliers):
     """One row's output is bit-identical alone and beside a row 1000x larger (a per-tensor scale
-    would crush it), and close to fp32; the two MatMuls share one packed int8 product."""
+    would crush it), and close to fp32; the two MatMuls share one quantised input, each its own
+    int8 product (no packed product to split)."""
     model = _two_matmul_graph()
     reference = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
     x = _outlier_inputs(6, 32).astype(np.float32).reshape(2, 3, 32)
@@ -73,7 +74,8 @@ def test_rows_do_not_depend_on_their_partners(alpha, outliers):
     counts = rewrite_rowwise_int8(model, groups, 127, absmax, alpha, outliers)
     assert counts["inputs"] == 1 and counts["matmuls"] == 2
     ops = [n.op_type for n in model.graph.node]
-    assert ops.count("MatMulIntegerToFloat") == 1 and ops.count("MatMul") == (1 if outliers else 0)
+    assert ops.count("QuantizeLinear") == 1 and ops.count("MatMulIntegerToFloat") == 2
+    assert ops.count("MatMul") == (2 if outliers else 0) and "Split" not in ops
     session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
     alone = session.run(None, {"x": x[:1]})[0]
     loud = x.copy()
@@ -85,6 +87,29 @@ def test_rows_do_not_depend_on_their_partners(alpha, outliers):
     cosine = (got * expected).sum(-1) / np.linalg.norm(got, axis=-1) / np.linalg.norm(
         expected, axis=-1)
     assert cosine.min() > 0.999 and not np.array_equal(got, expected)
+
+
+@pytest.mark.parametrize("activation_qmax", [127, 63])
+def test_activation_codes_stay_in_their_range(activation_qmax):
+    """The u8 codes span zero_point +- activation_qmax and no further: at 63 every code is at
+    most 127, so that u8 x s8 pairs cannot saturate int16 sums (without VNNI) even with full
+    8-bit weights; the product still tracks fp32."""
+    model = _two_matmul_graph()
+    reference = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    x = _outlier_inputs(6, 32).astype(np.float32).reshape(2, 3, 32)
+    groups = weight_matmul_groups(model, set())
+    rewrite_rowwise_int8(model, groups, 127, {"x": np.abs(x).reshape(-1, 32).max(0)}, 0.5, 2,
+                         activation_qmax=activation_qmax)
+    [codes] = [n.output[0] for n in model.graph.node if n.op_type == "QuantizeLinear"]
+    model.graph.output.append(helper.make_empty_tensor_value_info(codes))
+    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    got, quantised = session.run(None, {"x": x})
+    assert quantised.dtype == np.uint8
+    assert quantised.min() == 1 and quantised.max() == 2 * activation_qmax + 1  # each row's max
+    expected = reference.run(None, {"x": x})[0]
+    cosine = (got * expected).sum(-1) / np.linalg.norm(got, axis=-1) / np.linalg.norm(
+        expected, axis=-1)
+    assert cosine.min() > 0.999
 
 
 def _chain_graph(k: int = 32) -> onnx.ModelProto:
@@ -165,7 +190,8 @@ def test_target_cosine_restores_fp32_groups_until_met(tmp_path, monkeypatch):
     assert details["kept_fp32"], "the target is above all-int8: some group must stay fp32"
     assert len(opened) == 2 and all(str(path).endswith("model.onnx") for path in opened)
     ops = [n.op_type for n in onnx.load(str(artifact / "model.onnx")).graph.node]
-    assert 0 < ops.count("MatMulIntegerToFloat") == details["inputs"]
+    assert 0 < ops.count("QuantizeLinear") == details["inputs"]
+    assert ops.count("MatMulIntegerToFloat") == details["matmuls"]
     # the written graph, not only the calibration graph, meets the target (texts one a batch,
     # as calibrated)
     embed = [Embedder.open(a, threads=1) for a in (fp32, artifact)]
@@ -213,10 +239,11 @@ def test_rowwise_int8_passes_verify_batch_invariant(tmp_path, preset, variant, f
     exact = details["padding_exact"]  # the fused graph's attention; m5's per-layer masked means
     assert exact["attention"] == (read_manifest(artifact)["fusions"]["sdpa"] if fuse else 0)
     assert exact["token_sum"] == (exact["attention"] if variant == "m5" else 0)
-    assert ops.count("MatMulIntegerToFloat") == details["inputs"] > 0
+    assert ops.count("QuantizeLinear") == details["inputs"] > 0  # one per group
+    assert ops.count("MatMulIntegerToFloat") == details["matmuls"] > details["inputs"]
     assert (details["norms_folded"] > 0) == fuse  # only the fused graph has RMSNorm nodes
     weights = {i.name for i in graph.initializer}
     exact = [n for n in graph.node if n.op_type == "MatMul" and n.input[1] in weights]
-    assert len(exact) == details["inputs"]  # the fp32 outlier products, one per input
+    assert len(exact) == details["matmuls"]  # the fp32 outlier products, one per MatMul
     assert all(numpy_helper.to_array(next(i for i in graph.initializer if i.name == n.input[1]))
                .shape[0] == 8 for n in exact)

@@ -178,6 +178,8 @@ def rewrite_rowwise_int8(model, groups: dict[str, list], weight_qmax: int,
     + y * 0 is exactly x, so a run is exactly the graph with those groups quantised)."""
     from onnx import helper, numpy_helper
 
+    if not 1 <= activation_qmax <= 127:
+        raise ValueError(f"activation_qmax {activation_qmax} is not in [1, 127] (u8 codes)")
     g = _Graph(model)
     weights = g.existing
     eps = g.const("rw_eps", np.array(1e-8, np.float32))  # an all-zero row keeps scale > 0

@@ -1,0 +1,123 @@
+#!/usr/bin/env python
+"""A feasibility probe, not a profile: the leanest int8 graph ORT's stock ops allow. Every
+weight MatMul reads its input quantised with one calibrated scale per tensor (QuantizeLinear,
+then MatMulIntegerToFloat with that scale: no per-row max, no row-scale Mul, no reshapes),
+SmoothQuant and fp32 outlier channels as in the row-wise profile, padding-exact sums. Writes the
+bare graph (speed: ort_op_profile.py) and prints its worst and median cosine to the fp32 graph
+on the calibration feeds and on held-out random-id rows.
+
+    .venv/bin/python benchmarks/export_large/int8_static_lean.py \
+        runs/smollm2-135m-study/m3/onnx-fp32 /tmp/static-m3 --outliers 8
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks" / "export_large"))
+
+from int8_settings_probe import held_out_rows  # noqa: E402
+from toolchain.atomic import read_manifest  # noqa: E402
+from toolchain.contract import source_model_dir  # noqa: E402
+from toolchain.export import rowwise_int8 as rowwise  # noqa: E402
+from toolchain.export.optimize import read_calibration, write_calibration  # noqa: E402
+from toolchain.export.padding_exact import rewrite_padding_exact  # noqa: E402
+from toolchain.modeling.model import load_embedding_model  # noqa: E402
+
+
+def rewrite_static(model, absmax: dict, outliers: int, weight_qmax: int, alpha: float) -> None:
+    from onnx import helper, numpy_helper
+
+    groups = rowwise.weight_matmul_groups(model, set())
+    g = rowwise._Graph(model)
+    zero_point = g.const("st_zero_point", np.array(128, np.uint8))
+    replacement: dict[str, list] = {}
+    for index, (x, nodes) in enumerate(groups.items()):
+        p, out = f"st{index}_", []
+        mats = [numpy_helper.to_array(g.existing[n.input[1]]).astype(np.float32) for n in nodes]
+        input_scale, packed, channels, exact = rowwise._plan(x, mats, absmax[x], alpha, outliers)
+        source = x
+        if not np.all(input_scale == 1) and not rowwise._fold_into_norm(g, x, input_scale,
+                                                                        len(nodes)):
+            source = g.node(out, "Mul", [x, g.const(p + "input_scale", input_scale)], p + "xs")
+        # the calibrated max |x| after smoothing (outlier channels shrunk), per tensor
+        scale = g.const(p + "a_scale", np.array((absmax[x] * input_scale).max() / 127,
+                                                np.float32))
+        quantised = g.node(out, "QuantizeLinear", [source, scale, zero_point], p + "xq")
+        column_scale = np.abs(packed).max(0) / weight_qmax
+        column_scale[column_scale == 0] = 1.0
+        quant = np.clip(np.round(packed / column_scale), -weight_qmax, weight_qmax).astype(np.int8)
+        picked = (g.node(out, "Gather", [source, g.const(p + "channels", channels)], p + "picked",
+                         axis=-1) if len(channels) else None)
+        bounds = np.cumsum([0] + [m.shape[1] for m in mats])
+        for j, node in enumerate(nodes):
+            q, cols = f"{p}{j}_", slice(bounds[j], bounds[j + 1])
+            result = node.output[0]
+            product = g.node(out, "MatMulIntegerToFloat",
+                             [quantised, g.const(q + "w", quant[:, cols]), scale,
+                              g.const(q + "w_scale", column_scale[cols].astype(np.float32)),
+                              zero_point], result if picked is None else q + "product",
+                             domain="com.microsoft")
+            if picked is not None:
+                exact_part = g.node(out, "MatMul", [picked, g.const(q + "w_exact", exact[:, cols])],
+                                    q + "exact")
+                g.node(out, "Add", [product, exact_part], result)
+        replacement[nodes[0].name] = out
+        for node in nodes[1:]:
+            replacement[node.name] = []
+    rewritten = [new for node in model.graph.node for new in replacement.get(node.name, [node])]
+    del model.graph.node[:]
+    model.graph.node.extend(rewritten)
+    read = {i for n in model.graph.node for i in n.input}
+    kept = [i for i in model.graph.initializer if i.name in read]
+    del model.graph.initializer[:]
+    model.graph.initializer.extend(kept + g.initializers)
+    model.opset_import.append(helper.make_opsetid("com.microsoft", 1))
+
+
+def main() -> None:
+    import onnx
+    import onnxruntime as ort
+
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("artifact", type=Path, help="an fp32 ONNX artifact")
+    p.add_argument("out", type=Path, help="a directory for the bare model.onnx")
+    p.add_argument("--outliers", type=int, default=8)
+    p.add_argument("--weight-qmax", type=int, default=63)
+    p.add_argument("--alpha", type=float, default=0.5)
+    args = p.parse_args()
+    reference = load_embedding_model(source_model_dir(args.artifact, read_manifest(args.artifact)))
+    with tempfile.TemporaryDirectory() as scratch:
+        write_calibration(Path(scratch), reference.tokenizer,
+                          reference.backbone.config.vocab_size)
+        feeds = read_calibration(Path(scratch))
+    held = held_out_rows(reference.tokenizer.max_length, reference.backbone.config.vocab_size)
+    del reference
+    model = onnx.load(str(args.artifact / "model.onnx"))
+    rewrite_padding_exact(model)
+    absmax = rowwise.channel_absmax(args.artifact / "model.onnx", feeds,
+                                    list(rowwise.weight_matmul_groups(model, set())))
+    rewrite_static(model, absmax, args.outliers, args.weight_qmax, args.alpha)
+    args.out.mkdir(parents=True, exist_ok=True)
+    onnx.save(model, str(args.out / "model.onnx"))
+    sessions = [ort.InferenceSession(str(d / "model.onnx"), providers=["CPUExecutionProvider"])
+                for d in (args.artifact, args.out)]
+
+    def embed(session, rows):
+        out = np.concatenate([session.run(None, row)[0] for row in rows])
+        return out / np.linalg.norm(out, axis=1, keepdims=True)
+
+    for name, rows in (("calibration", feeds), ("held out", held)):
+        cosine = np.sum(embed(sessions[0], rows) * embed(sessions[1], rows), axis=1)
+        print(f"{name}: min cosine {cosine.min():.5f}, median {np.median(cosine):.5f}")
+
+
+if __name__ == "__main__":
+    main()

@@ -49,6 +49,17 @@ def held_out_rows(max_length: int, vocab_size: int, count: int = 24) -> list[dic
     return rows
 
 
+def calibration_and_held_out(artifact: Path) -> tuple[list[dict], list[dict]]:
+    """The export's calibration feeds for ``artifact``'s model, and the held-out rows."""
+    reference = load_embedding_model(source_model_dir(artifact, read_manifest(artifact)))
+    with tempfile.TemporaryDirectory() as scratch:
+        write_calibration(Path(scratch), reference.tokenizer,
+                          reference.backbone.config.vocab_size)
+        feeds = read_calibration(Path(scratch))
+    return feeds, held_out_rows(reference.tokenizer.max_length,
+                                reference.backbone.config.vocab_size)
+
+
 def main() -> None:
     import onnx
 
@@ -60,13 +71,7 @@ def main() -> None:
     p.add_argument("--alpha", type=float, default=0.5)
     p.add_argument("--quick", action="store_true", help="the all-int8 cosines only")
     args = p.parse_args()
-    reference = load_embedding_model(source_model_dir(args.artifact, read_manifest(args.artifact)))
-    with tempfile.TemporaryDirectory() as scratch:
-        write_calibration(Path(scratch), reference.tokenizer,
-                          reference.backbone.config.vocab_size)
-        feeds = read_calibration(Path(scratch))
-    held = held_out_rows(reference.tokenizer.max_length, reference.backbone.config.vocab_size)
-    del reference
+    feeds, held = calibration_and_held_out(args.artifact)
     started = time.perf_counter()
     model = onnx.load(str(args.artifact / "model.onnx"))
     groups = rowwise.weight_matmul_groups(model, set())

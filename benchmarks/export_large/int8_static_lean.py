@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -23,17 +22,13 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks" / "export_large"))
 
-from int8_settings_probe import held_out_rows  # noqa: E402
-from toolchain.atomic import read_manifest  # noqa: E402
-from toolchain.contract import source_model_dir  # noqa: E402
+from int8_settings_probe import calibration_and_held_out  # noqa: E402
 from toolchain.export import rowwise_int8 as rowwise  # noqa: E402
-from toolchain.export.optimize import read_calibration, write_calibration  # noqa: E402
 from toolchain.export.padding_exact import rewrite_padding_exact  # noqa: E402
-from toolchain.modeling.model import load_embedding_model  # noqa: E402
 
 
 def rewrite_static(model, absmax: dict, outliers: int, weight_qmax: int, alpha: float) -> None:
-    from onnx import helper, numpy_helper
+    from onnx import numpy_helper
 
     groups = rowwise.weight_matmul_groups(model, set())
     g = rowwise._Graph(model)
@@ -72,14 +67,7 @@ def rewrite_static(model, absmax: dict, outliers: int, weight_qmax: int, alpha: 
         replacement[nodes[0].name] = out
         for node in nodes[1:]:
             replacement[node.name] = []
-    rewritten = [new for node in model.graph.node for new in replacement.get(node.name, [node])]
-    del model.graph.node[:]
-    model.graph.node.extend(rewritten)
-    read = {i for n in model.graph.node for i in n.input}
-    kept = [i for i in model.graph.initializer if i.name in read]
-    del model.graph.initializer[:]
-    model.graph.initializer.extend(kept + g.initializers)
-    model.opset_import.append(helper.make_opsetid("com.microsoft", 1))
+    g.splice(replacement)
 
 
 def main() -> None:
@@ -93,13 +81,7 @@ def main() -> None:
     p.add_argument("--weight-qmax", type=int, default=63)
     p.add_argument("--alpha", type=float, default=0.5)
     args = p.parse_args()
-    reference = load_embedding_model(source_model_dir(args.artifact, read_manifest(args.artifact)))
-    with tempfile.TemporaryDirectory() as scratch:
-        write_calibration(Path(scratch), reference.tokenizer,
-                          reference.backbone.config.vocab_size)
-        feeds = read_calibration(Path(scratch))
-    held = held_out_rows(reference.tokenizer.max_length, reference.backbone.config.vocab_size)
-    del reference
+    feeds, held = calibration_and_held_out(args.artifact)
     model = onnx.load(str(args.artifact / "model.onnx"))
     rewrite_padding_exact(model)
     absmax = rowwise.channel_absmax(args.artifact / "model.onnx", feeds,

@@ -114,6 +114,23 @@ class _Graph:
         into.append(helper.make_node(op, inputs, [output], name=output, **attrs))
         return output
 
+    def splice(self, replacement: dict[str, list]) -> None:
+        """Put each replaced node's new nodes where it stood (a group's where its first MatMul
+        stood: its input exists by then, and its other MatMuls' readers all come after it),
+        keep only the initialisers still read plus the new ones, and import com.microsoft."""
+        from onnx import helper
+
+        graph = self.model.graph
+        rewritten = [new for node in graph.node for new in replacement.get(node.name, [node])]
+        del graph.node[:]
+        graph.node.extend(rewritten)
+        read = {i for n in graph.node for i in n.input}
+        kept = [i for i in graph.initializer if i.name in read]
+        del graph.initializer[:]
+        graph.initializer.extend(kept + self.initializers)
+        if not any(o.domain == "com.microsoft" for o in self.model.opset_import):
+            self.model.opset_import.append(helper.make_opsetid("com.microsoft", 1))
+
 
 def _smoothing(absmax: np.ndarray, weights: list[np.ndarray], alpha: float) -> np.ndarray:
     weight_max = np.max([np.abs(w).max(1) for w in weights], axis=0)
@@ -262,19 +279,9 @@ def rewrite_rowwise_int8(model, groups: dict[str, list], weight_qmax: int,
         replacement[nodes[0].name] = out
         for node in nodes[1:]:
             replacement[node.name] = []
-    # a group's nodes go where its first MatMul was: x exists by then, and its other MatMuls'
-    # readers all come after it
-    rewritten = [new for node in model.graph.node for new in replacement.get(node.name, [node])]
-    del model.graph.node[:]
-    model.graph.node.extend(rewritten)
-    read = {i for n in model.graph.node for i in n.input}
-    kept = [i for i in model.graph.initializer if i.name in read]
-    del model.graph.initializer[:]
-    model.graph.initializer.extend(kept + g.initializers)
+    g.splice(replacement)
     if fallback_mask is not None:
         model.graph.input.append(helper.make_tensor_value_info(fallback_mask, 1, [len(groups)]))
-    if not any(o.domain == "com.microsoft" for o in model.opset_import):
-        model.opset_import.append(helper.make_opsetid("com.microsoft", 1))
     return {"inputs": len(groups), "matmuls": sum(len(v) for v in groups.values()),
             "norms_folded": folded}
 

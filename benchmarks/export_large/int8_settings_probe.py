@@ -91,13 +91,9 @@ def main() -> None:
               "groups": count, "all_int8": worst(np.ones(count, np.float32)), "targets": {}}
     print(f"all int8 (calibration, held out): {result['all_int8']}", flush=True)
     if not args.quick:
-        damage = []
-        for group in range(count):
-            alone = np.zeros(count, np.float32)
-            alone[group] = 1
-            damage.append(1 - worst(alone)[0])
         mask = np.ones(count, np.float32)
-        for restored, group in enumerate(np.argsort(damage)[::-1], 1):
+        order = rowwise.damage_order(lambda alone: worst(alone)[0], count)
+        for restored, group in enumerate(order, 1):
             mask[group] = 0
             reached = worst(mask)
             for target in TARGETS:

@@ -38,17 +38,12 @@ def rewrite_static(model, absmax: dict, outliers: int, weight_qmax: int, alpha: 
         p, out = f"st{index}_", []
         mats = [numpy_helper.to_array(g.existing[n.input[1]]).astype(np.float32) for n in nodes]
         input_scale, packed, channels, exact = rowwise._plan(x, mats, absmax[x], alpha, outliers)
-        source = x
-        if not np.all(input_scale == 1) and not rowwise._fold_into_norm(g, x, input_scale,
-                                                                        len(nodes)):
-            source = g.node(out, "Mul", [x, g.const(p + "input_scale", input_scale)], p + "xs")
+        source, _ = rowwise.smoothed_input(g, out, p, x, input_scale, len(nodes))
         # the calibrated max |x| after smoothing (outlier channels shrunk), per tensor
         scale = g.const(p + "a_scale", np.array((absmax[x] * input_scale).max() / 127,
                                                 np.float32))
         quantised = g.node(out, "QuantizeLinear", [source, scale, zero_point], p + "xq")
-        column_scale = np.abs(packed).max(0) / weight_qmax
-        column_scale[column_scale == 0] = 1.0
-        quant = np.clip(np.round(packed / column_scale), -weight_qmax, weight_qmax).astype(np.int8)
+        quant, column_scale = rowwise.quantise_columns(packed, weight_qmax)
         picked = (g.node(out, "Gather", [source, g.const(p + "channels", channels)], p + "picked",
                          axis=-1) if len(channels) else None)
         bounds = np.cumsum([0] + [m.shape[1] for m in mats])
@@ -57,8 +52,8 @@ def rewrite_static(model, absmax: dict, outliers: int, weight_qmax: int, alpha: 
             result = node.output[0]
             product = g.node(out, "MatMulIntegerToFloat",
                              [quantised, g.const(q + "w", quant[:, cols]), scale,
-                              g.const(q + "w_scale", column_scale[cols].astype(np.float32)),
-                              zero_point], result if picked is None else q + "product",
+                              g.const(q + "w_scale", column_scale[cols]), zero_point],
+                             result if picked is None else q + "product",
                              domain="com.microsoft")
             if picked is not None:
                 exact_part = g.node(out, "MatMul", [picked, g.const(q + "w_exact", exact[:, cols])],

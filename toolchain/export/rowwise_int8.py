@@ -181,6 +181,26 @@ def _plan(x: str, mats: list[np.ndarray], absmax: np.ndarray | None, alpha: floa
     return input_scale.astype(np.float32), packed, channels, exact.astype(np.float32)
 
 
+def quantise_columns(packed: np.ndarray, weight_qmax: int) -> tuple[np.ndarray, np.ndarray]:
+    """(int8 weights, fp32 scale per output column) with codes in [-weight_qmax, weight_qmax]."""
+    column_scale = np.abs(packed).max(0) / weight_qmax
+    column_scale[column_scale == 0] = 1.0
+    quant = np.clip(np.round(packed / column_scale), -weight_qmax, weight_qmax).astype(np.int8)
+    return quant, column_scale.astype(np.float32)
+
+
+def smoothed_input(g: _Graph, out: list, prefix: str, x: str, input_scale: np.ndarray,
+                   readers: int) -> tuple[str, bool]:
+    """(the tensor the group's products read, whether the smoothing was folded into an
+    RMSNorm): ``x`` itself when no smoothing or when folded, else x * input_scale."""
+    if np.all(input_scale == 1):
+        return x, False
+    if _fold_into_norm(g, x, input_scale, readers):
+        return x, True
+    return g.node(out, "Mul", [x, g.const(prefix + "input_scale", input_scale)],
+                  prefix + "xs"), False
+
+
 def rewrite_rowwise_int8(model, groups: dict[str, list], weight_qmax: int,
                          absmax: dict[str, np.ndarray] | None, alpha: float,
                          outliers: int = 0, fallback_mask: str | None = None,
@@ -215,12 +235,8 @@ def rewrite_rowwise_int8(model, groups: dict[str, list], weight_qmax: int,
         mats = [numpy_helper.to_array(weights[n.input[1]]).astype(np.float32) for n in nodes]
         input_scale, packed, channels, exact = _plan(
             x, mats, None if absmax is None else absmax[x], alpha, outliers)
-        source = x
-        if not np.all(input_scale == 1):
-            if _fold_into_norm(g, x, input_scale, len(nodes)):
-                folded += 1
-            else:
-                source = g.node(out, "Mul", [x, g.const(p + "input_scale", input_scale)], p + "xs")
+        source, was_folded = smoothed_input(g, out, p, x, input_scale, len(nodes))
+        folded += was_folded
         shape = g.node(out, "Shape", [source], p + "shape")
         lead = g.node(out, "Slice", [shape, start, last], p + "lead")
         width = g.node(out, "Slice", [shape, last, end], p + "k")
@@ -237,9 +253,7 @@ def rewrite_rowwise_int8(model, groups: dict[str, list], weight_qmax: int,
                              p + "zero_points")
         quantised = g.node(out, "QuantizeLinear", [rows, scale, zero_points], p + "xq", axis=0)
         row_scale = g.node(out, "Unsqueeze", [scale, axis1], p + "col")
-        column_scale = np.abs(packed).max(0) / weight_qmax
-        column_scale[column_scale == 0] = 1.0
-        quant = np.clip(np.round(packed / column_scale), -weight_qmax, weight_qmax).astype(np.int8)
+        quant, column_scale = quantise_columns(packed, weight_qmax)
         picked = None
         if len(channels):
             picked = g.node(out, "Gather", [source, g.const(p + "channels", channels)],
@@ -255,8 +269,8 @@ def rewrite_rowwise_int8(model, groups: dict[str, list], weight_qmax: int,
             q, cols = f"{p}{j}_", slice(bounds[j], bounds[j + 1])
             product = g.node(out, "MatMulIntegerToFloat",
                              [quantised, g.const(q + "w", quant[:, cols]), one,
-                              g.const(q + "w_scale", column_scale[cols].astype(np.float32)),
-                              zero_point], q + "product", domain="com.microsoft")
+                              g.const(q + "w_scale", column_scale[cols]), zero_point],
+                             q + "product", domain="com.microsoft")
             scaled = g.node(out, "Mul", [product, row_scale], q + "scaled")
             out_shape = g.node(out, "Concat", [lead, g.const(q + "n_out", np.array([mat.shape[1]]))],
                                q + "out_shape", axis=0)
@@ -304,6 +318,17 @@ def _embedder(model, feeds: list[dict]):
     return embed
 
 
+def damage_order(min_cosine, count: int) -> np.ndarray:
+    """The groups, most damaging first: each measured alone in int8 (mask one-hot),
+    ``min_cosine(mask)`` its worst cosine to fp32."""
+    damage = []
+    for group in range(count):
+        alone = np.zeros(count, np.float32)
+        alone[group] = 1
+        damage.append(1 - min_cosine(alone))
+    return np.argsort(damage)[::-1]
+
+
 def choose_fp32_groups(model, feeds: list[dict], count: int, target: float) -> dict:
     """Which of the ``count`` groups stay fp32 so that every calibration feed's embedding keeps
     cosine >= ``target`` to fp32. Each group's own damage is measured with it alone in int8;
@@ -319,12 +344,7 @@ def choose_fp32_groups(model, feeds: list[dict], count: int, target: float) -> d
     reached = min_cosine(mask)
     calibrated = {"all_int8_min_cosine": reached}
     if reached < target:
-        damage = []
-        for group in range(count):
-            alone = np.zeros(count, np.float32)
-            alone[group] = 1
-            damage.append(1 - min_cosine(alone))
-        for group in np.argsort(damage)[::-1]:
+        for group in damage_order(min_cosine, count):
             mask[group] = 0
             reached = min_cosine(mask)
             if reached >= target:

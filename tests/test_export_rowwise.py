@@ -14,8 +14,9 @@ from onnx import TensorProto, helper, numpy_helper
 
 from toolchain.atomic import read_manifest
 from toolchain.export.pipeline import export_model_dir
-from toolchain.export.rowwise_int8 import (FALLBACK_MASK, OUTLIER_SHRINK, _plan,
-                                          rewrite_rowwise_int8, weight_matmul_groups)
+from toolchain.export.rowwise_int8 import (FALLBACK_MASK, OUTLIER_SHRINK, _plan, after_moves,
+                                          calibration_paths, path_masks, rewrite_rowwise_int8,
+                                          shortest_meeting, upgrade_order, weight_matmul_groups)
 from toolchain.ort_session import ort_session
 
 from test_export_fixtures import make_model_dir, one_thread  # noqa: F401 (fixture)
@@ -75,7 +76,10 @@ def test_rows_do_not_depend_on_their_partners(alpha, outliers):
     assert counts["inputs"] == 1 and counts["matmuls"] == 2
     ops = [n.op_type for n in model.graph.node]
     assert ops.count("QuantizeLinear") == 1 and ops.count("MatMulIntegerToFloat") == 2
-    assert ops.count("MatMul") == (2 if outliers else 0) and "Split" not in ops
+    assert ops.count("Gemm") == (2 if outliers else 0) and "Split" not in ops  # outlier parts
+    products = {n.output[0] for n in model.graph.node if n.op_type == "MatMulIntegerToFloat"}
+    assert "MatMul" not in ops and not any(  # the row scales are applied inside the products
+        n.op_type == "Mul" and products & set(n.input) for n in model.graph.node)
     session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
     alone = session.run(None, {"x": x[:1]})[0]
     loud = x.copy()
@@ -126,9 +130,9 @@ def _chain_graph(k: int = 32) -> onnx.ModelProto:
 
 
 def test_fallback_mask_picks_each_groups_path_exactly():
-    """The calibration graph (every group in int8 and in fp32, a mask input choosing): mask 1 is
-    bit-identical to the plain int8 rewrite, mask 0 is fp32 (through the smoothed weights), and
-    a mixed mask is the int8 graph with that group left alone."""
+    """The calibration graph (every group on every path: int8, int8 with outlier channels,
+    fp32; a mask input choosing one per group): each choice is bit-identical to the graph
+    rewritten with it, and all-fp32 to the original graph."""
     x = _outlier_inputs(5, 32).astype(np.float32)
     absmax = {"x": np.abs(x).max(0), "h": np.full(32, 50.0)}
     options = ort.SessionOptions()
@@ -138,24 +142,62 @@ def test_fallback_mask_picks_each_groups_path_exactly():
         return ort.InferenceSession(model.SerializeToString(), options,
                                     providers=["CPUExecutionProvider"]).run(None, feed)[0]
 
-    def rewritten(groups_kept, mask=None):
+    def rewritten(in_int8, plain=frozenset(), mask=None):
         model = _chain_graph()
         groups = weight_matmul_groups(model, set())
-        groups = {x: nodes for x, nodes in groups.items() if x in groups_kept}
-        rewrite_rowwise_int8(model, groups, 127, absmax, 0.5, 2, mask)
+        groups = {x: nodes for x, nodes in groups.items() if x in in_int8}
+        rewrite_rowwise_int8(model, groups, 127, absmax, 0.5, 2, mask, plain=plain)
         return model
 
-    reference = run(_chain_graph(), {"x": x})
-    dual = rewritten({"x", "h"}, FALLBACK_MASK)
+    paths = calibration_paths(2)
+    assert paths == [0, 2, None]  # no outlier channels, 2, fp32
+    dual = rewritten({"x", "h"}, mask=FALLBACK_MASK)
     assert dual.graph.input[-1].name == FALLBACK_MASK
-    ones, zeros = np.ones(2, np.float32), np.zeros(2, np.float32)
-    np.testing.assert_array_equal(run(dual, {"x": x, FALLBACK_MASK: ones}),
-                                  run(rewritten({"x", "h"}), {"x": x}))
-    np.testing.assert_allclose(run(dual, {"x": x, FALLBACK_MASK: zeros}), reference, rtol=1e-4,
-                               atol=1e-3)
-    second_fp32 = run(dual, {"x": x, FALLBACK_MASK: np.array([1, 0], np.float32)})
-    np.testing.assert_allclose(second_fp32, run(rewritten({"x"}), {"x": x}), rtol=1e-4, atol=1e-3)
-    assert not np.allclose(second_fp32, reference, rtol=1e-4, atol=1e-3)  # the first is int8
+    expected = {(0, 0): rewritten({"x", "h"}, {"x", "h"}), (1, 1): rewritten({"x", "h"}),
+                (0, 1): rewritten({"x", "h"}, {"x"}), (1, 2): rewritten({"x"}),
+                (2, 0): rewritten({"h"}, {"h"}), (2, 2): _chain_graph()}
+    outputs = {}
+    for choice, model in expected.items():
+        outputs[choice] = run(dual, {"x": x, FALLBACK_MASK: path_masks(np.array(choice), 3)})
+        np.testing.assert_array_equal(outputs[choice], run(model, {"x": x}), err_msg=str(choice))
+    assert len({out.tobytes() for out in outputs.values()}) == len(outputs)  # all differ
+
+
+def test_upgrade_order_and_its_shortest_prefix():
+    """Moves go to the group that damages most, to its next path that damages less (skipping
+    an outlier path that does not help); a group that damages nothing never moves. The prefix
+    search finds the shortest prefix that meets the target, drawing moves (and measuring a
+    group's damage on a path) only up to about twice that prefix."""
+    table = np.array([[0.05, 0.01, 0], [0.02, 0.03, 0], [0, 0, 0], [0.04, 0.02, 0]])
+    asked = set()
+
+    def damage(group, path):
+        asked.add((group, path))
+        return table[group, path]
+
+    moves = list(upgrade_order(damage, 4, 3))
+    assert moves == [(0, 1), (3, 1), (1, 2), (3, 2), (0, 2)]
+    np.testing.assert_array_equal(after_moves(moves[:3], 4), [1, 2, 0, 1])
+    runs = []
+
+    def min_cosine(choice):  # damages add up: a stand-in for the graph's worst cosine
+        runs.append(choice)
+        return 1 - table[np.arange(4), choice].sum()
+
+    for target, length in [(0.92, 1), (0.96, 3), (0.995, 5)]:
+        runs.clear()
+        choice, reached = shortest_meeting(min_cosine, iter(moves), 4, target)
+        assert len(runs) <= 4  # prefixes of 1, 2, 4 (, 5) moves, then bisection
+        np.testing.assert_array_equal(choice, after_moves(moves[:length], 4))
+        assert reached == pytest.approx(min_cosine(choice)) and reached >= target
+    # all moves together still miss an unreachable target: all of them, and their cosine
+    choice, reached = shortest_meeting(min_cosine, iter(moves), 4, 1.5)
+    np.testing.assert_array_equal(choice, after_moves(moves, 4))
+    assert reached == 1.0
+    # lazy: meeting the target after the first move asks for group 0's outlier path only
+    asked.clear()
+    shortest_meeting(min_cosine, upgrade_order(damage, 4, 3), 4, 0.92)
+    assert {(g, p) for g, p in asked if p == 1} == {(0, 1)}
 
 
 def test_target_cosine_restores_fp32_groups_until_met(tmp_path, monkeypatch):
@@ -239,11 +281,14 @@ def test_rowwise_int8_passes_verify_batch_invariant(tmp_path, preset, variant, f
     exact = details["padding_exact"]  # the fused graph's attention; m5's per-layer masked means
     assert exact["attention"] == (read_manifest(artifact)["fusions"]["sdpa"] if fuse else 0)
     assert exact["token_sum"] == (exact["attention"] if variant == "m5" else 0)
+    assert fuse or exact["softmax_matmul"] > 0  # the unfused SDPA's, through its NaN guard
     assert ops.count("QuantizeLinear") == details["inputs"] > 0  # one per group
     assert ops.count("MatMulIntegerToFloat") == details["matmuls"] > details["inputs"]
     assert (details["norms_folded"] > 0) == fuse  # only the fused graph has RMSNorm nodes
-    weights = {i.name for i in graph.initializer}
-    exact = [n for n in graph.node if n.op_type == "MatMul" and n.input[1] in weights]
-    assert len(exact) == details["matmuls"]  # the fp32 outlier products, one per MatMul
-    assert all(numpy_helper.to_array(next(i for i in graph.initializer if i.name == n.input[1]))
-               .shape[0] == 8 for n in exact)
+    weights = {i.name: i for i in graph.initializer}
+    fp32 = [n for n in graph.node if n.op_type == "MatMul" and n.input[1] in weights]
+    assert len(fp32) == len(details["kept_fp32"])  # what the calibration search restored
+    # fp32 outlier channels (8 weight rows) only in the groups the search gave them to
+    outliers = [n for n in graph.node if n.op_type == "Gemm"]
+    assert (len(outliers) > 0) == (details["outlier_inputs"] > 0)
+    assert all(numpy_helper.to_array(weights[n.input[1]]).shape[0] == 8 for n in outliers)

@@ -42,14 +42,20 @@ def _mha_graph(width: int = WIDTH, key_padding_mask: bool = False) -> onnx.Model
     return _model([node], graph_inputs, [_tensor("out", ["b", "s", width])])
 
 
-def _softmax_graph(head_dim: int = 12) -> onnx.ModelProto:
+def _softmax_graph(head_dim: int = 12, nan_guard: bool = False) -> onnx.ModelProto:
     """A head's cross-attention over tokens: 3 latents query S tokens (head width 12, as the
-    compact head's 72 at SmolLM2 width is not a multiple of 16)."""
+    compact head's 72 at SmolLM2 width is not a multiple of 16). ``nan_guard``: the
+    probabilities go through Where(IsNaN(p), 0, p), as in the exporter's unfused SDPA."""
     nodes = [helper.make_node("Softmax", ["scores"], ["p"], axis=-1, name="softmax"),
-             helper.make_node("MatMul", ["p", "v"], ["out"], name="pv")]
+             helper.make_node("MatMul", ["pg" if nan_guard else "p", "v"], ["out"], name="pv")]
+    inits = []
+    if nan_guard:
+        nodes[1:1] = [helper.make_node("IsNaN", ["p"], ["nan"], name="isnan"),
+                      helper.make_node("Where", ["nan", "zero", "p"], ["pg"], name="where")]
+        inits = [numpy_helper.from_array(np.array(0.0, np.float32), "zero")]
     return _model(nodes, [_tensor("scores", ["b", HEADS, 3, "s"]),
                           _tensor("v", ["b", HEADS, "s", head_dim])],
-                  [_tensor("out", ["b", HEADS, 3, head_dim])])
+                  [_tensor("out", ["b", HEADS, 3, head_dim])], inits)
 
 
 def _token_sum_graph(keepdims: int) -> onnx.ModelProto:
@@ -114,16 +120,27 @@ def test_attention_matches_mha_and_is_bit_exact_under_padding(length, causal):
 
 
 @pytest.mark.parametrize("length", LENGTHS)
-def test_softmax_matmul_matches_and_is_bit_exact_under_padding(length):
+@pytest.mark.parametrize("nan_guard", [False, True])
+def test_softmax_matmul_matches_and_is_bit_exact_under_padding(length, nan_guard):
+    """With the NaN guard, a query whose every key is masked (-inf) comes out 0, as it did."""
     rng = np.random.default_rng(length)
     scores = 3 * rng.normal(size=(1, HEADS, 3, length)).astype(np.float32)
+    if nan_guard:
+        scores[0, 1, 2] = -np.inf
     v = rng.normal(size=(1, HEADS, length, 12)).astype(np.float32)
-    exact = _rewritten(_softmax_graph(), "softmax_matmul")
+    graph = _softmax_graph(nan_guard=nan_guard)
+    exact = _rewritten(graph, "softmax_matmul")
+    assert not {"IsNaN", "Where"} & {n.op_type for n in graph.graph.node if
+                                     not n.name.startswith("px")}  # the guard went with it
     out = exact.run(None, {"scores": scores, "v": v})[0]
-    expected = _session(_softmax_graph()).run(None, {"scores": scores, "v": v})[0]
+    expected = _session(_softmax_graph(nan_guard=nan_guard)).run(
+        None, {"scores": scores, "v": v})[0]
     np.testing.assert_allclose(out, expected, rtol=1e-5, atol=2e-6)
+    if nan_guard:
+        assert not out[0, 1, 2].any() and np.isfinite(out).all()
+    masked = -np.inf if nan_guard else MASKED  # a finite pad would unmask the -inf row
     for side, pad in PADS:
-        feeds = {"scores": _pad(scores, pad, side, 3, rng, MASKED), "v": _pad(v, pad, side, 2, rng)}
+        feeds = {"scores": _pad(scores, pad, side, 3, rng, masked), "v": _pad(v, pad, side, 2, rng)}
         np.testing.assert_array_equal(exact.run(None, feeds)[0], out)
 
 

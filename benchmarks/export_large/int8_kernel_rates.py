@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +18,7 @@ import onnxruntime as ort
 from onnx import TensorProto, helper, numpy_helper
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+from toolchain.bench.latency import time_interleaved  # noqa: E402
 from toolchain.cpu import recorded_flags  # noqa: E402
 
 
@@ -68,15 +68,12 @@ def main() -> None:
                 for name, g in graphs.items()}
     feeds = {"a": rng.integers(0, 256, (args.m, args.k)).astype(np.uint8)}
     fp32_feeds = {"a": rng.normal(size=(args.m, args.k)).astype(np.float32)}
-    seconds: dict[str, list[float]] = {name: [] for name in sessions}
-    for _ in range(args.rounds):
-        for name, session in sessions.items():
-            start = time.perf_counter()
-            session.run(None, fp32_feeds if name == "fp32" else feeds)
-            seconds[name].append(time.perf_counter() - start)
+    calls = {name: (lambda s=session, f=fp32_feeds if name == "fp32" else feeds: s.run(None, f))
+             for name, session in sessions.items()}
+    samples = time_interleaved(calls, warmup=2, repeats=args.rounds - 2)
     print(f"MatMul {args.m}x{args.k}x{args.n}, {args.threads} thread(s), cpu {recorded_flags()}")
-    for name, times in seconds.items():
-        median = float(np.median(times[2:]))  # the first two rounds warm up
+    for name, ms in samples.items():
+        median = float(np.median(ms)) / 1e3
         print(f"{name}: {median * 1e3:.2f} ms, {2 * args.m * args.k * args.n / median / 1e9:.1f} "
               f"G(FL)OP/s")
 

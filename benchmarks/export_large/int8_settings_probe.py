@@ -1,8 +1,9 @@
 #!/usr/bin/env python
 """How a row-wise int8 setting does on a trained model before any export: the all-int8 graph's
 worst cosine to fp32 on the calibration feeds and on held-out random-id rows, and (without
---quick) how many groups must go back to fp32, most damaging first, as the profile's
-target_cosine search does, to reach 0.997 / 0.998 / 0.999 on the calibration feeds.
+--quick) how many groups the profile's target_cosine search (rowwise_int8.choose_paths) sends
+back to fp32 and how many it gives outlier channels, to reach 0.997 / 0.998 / 0.999 on the
+calibration feeds.
 
     .venv/bin/python benchmarks/export_large/int8_settings_probe.py \
         runs/smollm2-135m-study/m5/onnx-fp32 --weight-qmax 127 --activation-qmax 127 --quick
@@ -80,30 +81,30 @@ def main() -> None:
                                  args.outliers, rowwise.FALLBACK_MASK,
                                  activation_qmax=args.activation_qmax)
     embed = rowwise._embedder(model, feeds + held)
-    count = len(groups)
-    fp32 = embed(np.zeros(count, np.float32))
+    count, paths = len(groups), len(rowwise.calibration_paths(args.outliers))
+    fp32 = embed(rowwise.path_masks(np.full(count, paths - 1), paths))
 
-    def worst(mask: np.ndarray) -> tuple[float, float]:
-        cosine = np.sum(embed(mask) * fp32, axis=1)
+    def worst(choice: np.ndarray) -> tuple[float, float]:
+        cosine = np.sum(embed(rowwise.path_masks(choice, paths)) * fp32, axis=1)
         return float(cosine[:len(feeds)].min()), float(cosine[len(feeds):].min())
 
+    def calibration(choice: np.ndarray) -> float:
+        return worst(choice)[0]
+
+    # every group int8 with the setting's outlier channels (the last int8 path)
     result = {"setting": {k: v for k, v in vars(args).items() if k not in ("artifact", "quick")},
-              "groups": count, "all_int8": worst(np.ones(count, np.float32)), "targets": {}}
+              "groups": count, "all_int8": worst(np.full(count, paths - 2)), "targets": {}}
     print(f"all int8 (calibration, held out): {result['all_int8']}", flush=True)
     if not args.quick:
-        mask = np.ones(count, np.float32)
-        order = rowwise.damage_order(lambda alone: worst(alone)[0], count)
-        for restored, group in enumerate(order, 1):
-            mask[group] = 0
-            reached = worst(mask)
-            for target in TARGETS:
-                if str(target) not in result["targets"] and reached[0] >= target:
-                    result["targets"][str(target)] = {"fp32_groups": restored,
-                                                      "calibration": reached[0],
-                                                      "held_out": reached[1]}
-                    print(f"target {target}: {restored} groups fp32, {reached}", flush=True)
-            if reached[0] >= TARGETS[-1]:
-                break
+        damage = rowwise.group_damage(calibration, count, paths)  # measured once, shared
+        for target in TARGETS:
+            moves = rowwise.upgrade_order(damage, count, paths)
+            choice, reached = rowwise.shortest_meeting(calibration, moves, count, target)
+            result["targets"][str(target)] = {
+                "fp32_groups": int(np.sum(choice == paths - 1)),
+                "outlier_groups": int(np.sum((choice > 0) & (choice < paths - 1))),
+                "calibration": reached, "held_out": worst(choice)[1]}
+            print(f"target {target}: {result['targets'][str(target)]}", flush=True)
     result["seconds"] = round(time.perf_counter() - started)
     print(json.dumps(result))
 

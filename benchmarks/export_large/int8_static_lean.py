@@ -22,6 +22,7 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks" / "export_large"))
 
+from int8_accuracy import embeddings  # noqa: E402
 from int8_settings_probe import calibration_and_held_out  # noqa: E402
 from toolchain.export import rowwise_int8 as rowwise  # noqa: E402
 from toolchain.export.padding_exact import rewrite_padding_exact  # noqa: E402
@@ -67,7 +68,6 @@ def rewrite_static(model, absmax: dict, outliers: int, weight_qmax: int, alpha: 
 
 def main() -> None:
     import onnx
-    import onnxruntime as ort
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("artifact", type=Path, help="an fp32 ONNX artifact")
@@ -84,15 +84,8 @@ def main() -> None:
     rewrite_static(model, absmax, args.outliers, args.weight_qmax, args.alpha)
     args.out.mkdir(parents=True, exist_ok=True)
     onnx.save(model, str(args.out / "model.onnx"))
-    sessions = [ort.InferenceSession(str(d / "model.onnx"), providers=["CPUExecutionProvider"])
-                for d in (args.artifact, args.out)]
-
-    def embed(session, rows):
-        out = np.concatenate([session.run(None, row)[0] for row in rows])
-        return out / np.linalg.norm(out, axis=1, keepdims=True)
-
     for name, rows in (("calibration", feeds), ("held out", held)):
-        cosine = np.sum(embed(sessions[0], rows) * embed(sessions[1], rows), axis=1)
+        cosine = np.sum(embeddings(args.artifact, rows) * embeddings(args.out, rows), axis=1)
         print(f"{name}: min cosine {cosine.min():.5f}, median {np.median(cosine):.5f}")
 
 

@@ -47,10 +47,11 @@ def main() -> None:
     p.add_argument("--seq", type=int, default=32)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--runs", type=int, default=10)
+    p.add_argument("--top", type=int, default=8, help="how many op types to list, largest first")
     args = p.parse_args()
     for artifact in args.artifacts:
         wall, ops = profile(artifact, args.batch, args.seq, args.threads, args.runs)
-        top = ", ".join(f"{name} {ms:.2f}" for name, ms in list(ops.items())[:8])
+        top = ", ".join(f"{name} {ms:.2f}" for name, ms in list(ops.items())[:args.top])
         print(f"{artifact}: {wall:.1f} ms a run; kernel ms a run: {top}")
 
 

@@ -3,8 +3,8 @@
 The transform rewrites every MatMul of the fp32 graph that has a constant 2-D weight:
 
     x (..., K) --Reshape--> (rows, K) --QuantizeLinear(axis 0, scale = rowmax|x| / 127)--> u8
-    u8 x int8 W --com.microsoft.MatMulIntegerToFloat (per-column weight scales)--> (rows, N)
-    * row scale --Reshape--> (..., N)
+    u8 x int8 W --com.microsoft.MatMulIntegerToFloat (row scales x per-column weight scales)-->
+    (rows, N) [+ Gemm: the fp32 outlier channels' product] --Reshape--> (..., N)
 
 Why row-wise: a row's scale depends on that row only, so a row's int8 product does not depend on
 its batch partners (`int8-dynamic` computes one scale per tensor over the whole batch).
@@ -23,15 +23,21 @@ that weight (no extra op); otherwise a Mul does it.
 
 Why some groups stay fp32 (``target_cosine``): on real weights a few layers' inputs (the first
 layers', where massive activations arise) do not survive int8 even smoothed; which ones is
-measured per model at export (:func:`choose_fp32_groups`).
+measured per model at export (:func:`choose_paths`). The same search gives outlier channels
+only to the groups that need them: their fp32 product costs ~12 % of the int8 graph's time
+(SmolLM2 m3, 8x128), and some models need them nowhere (m3: worst cosine 0.99919 without any).
 """
 
 from __future__ import annotations
 
 import collections
 import copy
+import heapq
+import itertools
 import tempfile
 import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -190,114 +196,147 @@ def quantise_columns(packed: np.ndarray, weight_qmax: int) -> tuple[np.ndarray, 
 
 
 def smoothed_input(g: _Graph, out: list, prefix: str, x: str, input_scale: np.ndarray,
-                   readers: int) -> tuple[str, bool]:
+                   readers: int, fold: bool = True) -> tuple[str, bool]:
     """(the tensor the group's products read, whether the smoothing was folded into an
-    RMSNorm): ``x`` itself when no smoothing or when folded, else x * input_scale."""
+    RMSNorm): ``x`` itself when no smoothing or when folded, else x * input_scale. ``fold``
+    False: never folded (the calibration graph reads x on several paths)."""
     if np.all(input_scale == 1):
         return x, False
-    if _fold_into_norm(g, x, input_scale, readers):
+    if fold and _fold_into_norm(g, x, input_scale, readers):
         return x, True
     return g.node(out, "Mul", [x, g.const(prefix + "input_scale", input_scale)],
                   prefix + "xs"), False
 
 
-def rewrite_rowwise_int8(model, groups: dict[str, list], weight_qmax: int,
-                         absmax: dict[str, np.ndarray] | None, alpha: float,
-                         outliers: int = 0, fallback_mask: str | None = None,
-                         activation_qmax: int = 127) -> dict:
-    """Rewrite ``groups`` (see :func:`weight_matmul_groups`) in place; returns counts. The
-    MatMuls of one group share one quantised input (and its smoothing and outlier channels);
-    each becomes a MatMulIntegerToFloat on it. Activations take codes of ``activation_qmax``
-    steps either side of zero.
+class _RowwiseInt8:
+    """Emits one group's row-wise int8 products (see :func:`rewrite_rowwise_int8`), with the
+    constants all groups share."""
 
-    With ``fallback_mask`` (calibration only), each group also keeps its product in fp32, and a
-    float graph input of that name, one entry per group, picks the path: 1 int8, 0 fp32 (x * 1
-    + y * 0 is exactly x, so a run is exactly the graph with those groups quantised)."""
-    from onnx import helper, numpy_helper
+    def __init__(self, g: _Graph, weight_qmax: int, absmax: dict[str, np.ndarray] | None,
+                 alpha: float, activation_qmax: int) -> None:
+        if not 1 <= activation_qmax <= 127:
+            raise ValueError(f"activation_qmax {activation_qmax} is not in [1, 127] (u8 codes)")
+        self.g, self.weight_qmax, self.absmax, self.alpha = g, weight_qmax, absmax, alpha
+        self.eps = g.const("rw_eps", np.array(1e-8, np.float32))  # an all-zero row: scale > 0
+        self.inv_qmax = g.const("rw_inv_qmax", np.array(1 / activation_qmax, np.float32))
+        # u8 codes span zero_point +- activation_qmax: [1, 255] at 127, [1, 127] at 63
+        self.zero_point = g.const("rw_zero_point", np.array(activation_qmax + 1, np.uint8))
+        self.axis1 = g.const("rw_axis1", np.array([1], np.int64))
+        self.last = g.const("rw_last", np.array([-1], np.int64))
+        self.end = g.const("rw_end", np.array([2**62], np.int64))
+        self.start = g.const("rw_start", np.array([0], np.int64))
 
-    if not 1 <= activation_qmax <= 127:
-        raise ValueError(f"activation_qmax {activation_qmax} is not in [1, 127] (u8 codes)")
-    g = _Graph(model)
-    weights = g.existing
-    eps = g.const("rw_eps", np.array(1e-8, np.float32))  # an all-zero row keeps scale > 0
-    inv_qmax = g.const("rw_inv_qmax", np.array(1 / activation_qmax, np.float32))
-    one = g.const("rw_one", np.array(1.0, np.float32))
-    # u8 codes span zero_point +- activation_qmax: [1, 255] at 127, [1, 127] at 63
-    zero_point = g.const("rw_zero_point", np.array(activation_qmax + 1, np.uint8))
-    axis1 = g.const("rw_axis1", np.array([1], np.int64))
-    last = g.const("rw_last", np.array([-1], np.int64))
-    end = g.const("rw_end", np.array([2**62], np.int64))
-    start = g.const("rw_start", np.array([0], np.int64))
-    replacement: dict[str, list] = {}
-    folded = 0
-    for index, (x, nodes) in enumerate(groups.items()):
-        p, out = f"rw{index}_", []
-        mats = [numpy_helper.to_array(weights[n.input[1]]).astype(np.float32) for n in nodes]
+    def products(self, out: list, p: str, x: str, mats: list[np.ndarray], outliers: int,
+                 fold: bool, results: list[str]) -> bool:
+        """x @ mats[j] -> results[j], in int8 with ``outliers`` fp32 channels; returns whether
+        the smoothing was folded into an RMSNorm."""
+        g = self.g
         input_scale, packed, channels, exact = _plan(
-            x, mats, None if absmax is None else absmax[x], alpha, outliers)
-        source, was_folded = smoothed_input(g, out, p, x, input_scale, len(nodes))
-        folded += was_folded
+            x, mats, None if self.absmax is None else self.absmax[x], self.alpha, outliers)
+        source, folded = smoothed_input(g, out, p, x, input_scale, len(mats), fold)
         shape = g.node(out, "Shape", [source], p + "shape")
-        lead = g.node(out, "Slice", [shape, start, last], p + "lead")
-        width = g.node(out, "Slice", [shape, last, end], p + "k")
-        rows_shape = g.node(out, "Concat", [last, width], p + "rows_shape", axis=0)
+        lead = g.node(out, "Slice", [shape, self.start, self.last], p + "lead")
+        width = g.node(out, "Slice", [shape, self.last, self.end], p + "k")
+        rows_shape = g.node(out, "Concat", [self.last, width], p + "rows_shape", axis=0)
         rows = g.node(out, "Reshape", [source, rows_shape], p + "rows")
         # max |x| of a row as max(max x, -min x): two reads of x and no |x| written out
-        row_hi = g.node(out, "ReduceMax", [rows, axis1], p + "row_hi", keepdims=0)
-        row_lo = g.node(out, "ReduceMin", [rows, axis1], p + "row_lo", keepdims=0)
+        row_hi = g.node(out, "ReduceMax", [rows, self.axis1], p + "row_hi", keepdims=0)
+        row_lo = g.node(out, "ReduceMin", [rows, self.axis1], p + "row_lo", keepdims=0)
         row_absmax = g.node(out, "Max", [row_hi, g.node(out, "Neg", [row_lo], p + "row_neg_lo")],
                             p + "row_absmax")
-        scale = g.node(out, "Mul", [g.node(out, "Max", [row_absmax, eps], p + "row_max"), inv_qmax],
-                       p + "row_scale")
-        zero_points = g.node(out, "Expand", [zero_point, g.node(out, "Shape", [scale], p + "n")],
-                             p + "zero_points")
+        scale = g.node(out, "Mul", [g.node(out, "Max", [row_absmax, self.eps], p + "row_max"),
+                                    self.inv_qmax], p + "row_scale")
+        zero_points = g.node(out, "Expand", [self.zero_point, g.node(out, "Shape", [scale],
+                                                                      p + "n")], p + "zero_points")
         quantised = g.node(out, "QuantizeLinear", [rows, scale, zero_points], p + "xq", axis=0)
-        row_scale = g.node(out, "Unsqueeze", [scale, axis1], p + "col")
-        quant, column_scale = quantise_columns(packed, weight_qmax)
+        row_scale = g.node(out, "Unsqueeze", [scale, self.axis1], p + "col")
+        quant, column_scale = quantise_columns(packed, self.weight_qmax)
         picked = None
         if len(channels):
-            picked = g.node(out, "Gather", [source, g.const(p + "channels", channels)],
-                            p + "picked", axis=-1)
-        if fallback_mask is not None:
-            pick = g.node(out, "Gather", [fallback_mask, g.const(p + "index", np.array(index))],
-                          p + "pick")
-            drop = g.node(out, "Sub", [one, pick], p + "drop")
+            picked = g.node(out, "Gather", [rows, g.const(p + "channels", channels)],
+                            p + "picked", axis=1)
         # one product per MatMul of the group, all reading the one quantised input: no packed
         # product to Split afterwards (that copy took 11-12 % of the int8 GEMM time on SmolLM2 m2)
         bounds = np.cumsum([0] + [m.shape[1] for m in mats])
-        for j, (node, mat) in enumerate(zip(nodes, mats)):
+        for j, (mat, result) in enumerate(zip(mats, results)):
             q, cols = f"{p}{j}_", slice(bounds[j], bounds[j + 1])
-            product = g.node(out, "MatMulIntegerToFloat",
-                             [quantised, g.const(q + "w", quant[:, cols]), one,
-                              g.const(q + "w_scale", column_scale[cols]), zero_point],
-                             q + "product", domain="com.microsoft")
-            scaled = g.node(out, "Mul", [product, row_scale], q + "scaled")
+            # the (rows, 1) activation scale goes in: ORT's kernel scales its output rows in
+            # place (one op less than a Mul after it; the same arithmetic, bit for bit)
+            scaled = g.node(out, "MatMulIntegerToFloat",
+                            [quantised, g.const(q + "w", quant[:, cols]), row_scale,
+                             g.const(q + "w_scale", column_scale[cols]), self.zero_point],
+                            q + "product", domain="com.microsoft")
+            if picked is not None:
+                # the fp32 outlier channels' product accumulates onto the int8 one in one Gemm
+                # (C, beta 1): no second product written out and added
+                scaled = g.node(out, "Gemm", [picked, g.const(q + "w_exact", exact[:, cols]),
+                                              scaled], q + "with_exact")
             out_shape = g.node(out, "Concat", [lead, g.const(q + "n_out", np.array([mat.shape[1]]))],
                                q + "out_shape", axis=0)
-            result = node.output[0]
-            int8_result = result if fallback_mask is None else q + "int8_result"
-            if picked is not None:
-                exact_part = g.node(out, "MatMul", [picked, g.const(q + "w_exact", exact[:, cols])],
-                                    q + "exact")
-                int8_part = g.node(out, "Reshape", [scaled, out_shape], q + "int8_part")
-                g.node(out, "Add", [int8_part, exact_part], int8_result)
-            else:
-                g.node(out, "Reshape", [scaled, out_shape], int8_result)
-            if fallback_mask is not None:
-                # the fp32 path reads the same (smoothed) input: its weight undoes input_scale
-                full = mat / input_scale[:, None]
-                fp32 = g.node(out, "MatMul", [source, g.const(q + "w_fp32", full.astype(np.float32))],
-                              q + "fp32_result")
-                g.node(out, "Add", [g.node(out, "Mul", [int8_result, pick], q + "int8_kept"),
-                                    g.node(out, "Mul", [fp32, drop], q + "fp32_kept")], result)
+            g.node(out, "Reshape", [scaled, out_shape], result)
+        return folded
+
+
+def rewrite_rowwise_int8(model, groups: dict[str, list], weight_qmax: int,
+                         absmax: dict[str, np.ndarray] | None, alpha: float,
+                         outliers: int = 0, fallback_mask: str | None = None,
+                         activation_qmax: int = 127, plain: frozenset[str] = frozenset()) -> dict:
+    """Rewrite ``groups`` (see :func:`weight_matmul_groups`) in place; returns counts. The
+    MatMuls of one group share one quantised input (and its smoothing and outlier channels);
+    each becomes a MatMulIntegerToFloat on it. Activations take codes of ``activation_qmax``
+    steps either side of zero. Groups whose input is in ``plain`` get no outlier channels.
+
+    With ``fallback_mask`` (calibration only), each group gets every path: int8 without outlier
+    channels, int8 with them (if ``outliers``) and fp32, and a float graph input of that name,
+    one row per group and one column per path in that order (:func:`calibration_paths`), picks
+    them: a one-hot row picks exactly one path (x * 1 + y * 0 is exactly x), so a run is exactly
+    the graph with those choices (smoothing as a Mul rather than folded into an RMSNorm)."""
+    from onnx import helper, numpy_helper
+
+    g = _Graph(model)
+    emit = _RowwiseInt8(g, weight_qmax, absmax, alpha, activation_qmax)
+    paths = calibration_paths(outliers)
+    replacement: dict[str, list] = {}
+    folded = with_outliers = 0
+    for index, (x, nodes) in enumerate(groups.items()):
+        p, out = f"rw{index}_", []
+        mats = [numpy_helper.to_array(g.existing[n.input[1]]).astype(np.float32) for n in nodes]
+        if fallback_mask is None:
+            count = 0 if x in plain else outliers
+            folded += emit.products(out, p, x, mats, count, True, [n.output[0] for n in nodes])
+            with_outliers += count > 0
+        else:
+            results = [[f"{p}path{k}_{j}" for j in range(len(nodes))] for k in range(len(paths))]
+            for k, count in enumerate(paths[:-1]):
+                emit.products(out, f"{p}path{k}_", x, mats, count, False, results[k])
+            for node, result in zip(nodes, results[-1]):
+                g.node(out, "MatMul", [x, node.input[1]], result)  # fp32: the original weight
+            row = g.node(out, "Gather", [fallback_mask, g.const(p + "index", np.array(index))],
+                         p + "pick")
+            picks = [g.node(out, "Gather", [row, g.const(f"{p}column{k}", np.array(k))],
+                            f"{p}pick{k}") for k in range(len(paths))]
+            for j, node in enumerate(nodes):
+                kept = [g.node(out, "Mul", [results[k][j], picks[k]], f"{p}kept{k}_{j}")
+                        for k in range(len(paths))]
+                total = kept[0]
+                for k, part in enumerate(kept[1:-1], 1):
+                    total = g.node(out, "Add", [total, part], f"{p}sum{k}_{j}")
+                g.node(out, "Add", [total, kept[-1]], node.output[0])
         replacement[nodes[0].name] = out
         for node in nodes[1:]:
             replacement[node.name] = []
     g.splice(replacement)
     if fallback_mask is not None:
-        model.graph.input.append(helper.make_tensor_value_info(fallback_mask, 1, [len(groups)]))
+        model.graph.input.append(helper.make_tensor_value_info(
+            fallback_mask, 1, [len(groups), len(paths)]))
     return {"inputs": len(groups), "matmuls": sum(len(v) for v in groups.values()),
-            "norms_folded": folded}
+            "norms_folded": folded, "outlier_inputs": with_outliers}
+
+
+def calibration_paths(outliers: int) -> list[int | None]:
+    """A group's paths in the calibration graph, cheapest first: the outlier channels of each
+    int8 path, then None for fp32."""
+    return [0] + ([outliers] if outliers > 0 else []) + [None]
 
 
 FALLBACK_MASK = "rw_int8_mask"
@@ -318,76 +357,170 @@ def _embedder(model, feeds: list[dict]):
     return embed
 
 
-def damage_order(min_cosine, count: int) -> np.ndarray:
-    """The groups, most damaging first: each measured alone in int8 (mask one-hot),
-    ``min_cosine(mask)`` its worst cosine to fp32."""
-    damage = []
-    for group in range(count):
-        alone = np.zeros(count, np.float32)
-        alone[group] = 1
-        damage.append(1 - min_cosine(alone))
-    return np.argsort(damage)[::-1]
+def path_masks(choice: np.ndarray, paths: int) -> np.ndarray:
+    """The calibration graph's mask for one path per group (``choice``: a path index each)."""
+    return np.eye(paths, dtype=np.float32)[choice]
 
 
-def choose_fp32_groups(model, feeds: list[dict], count: int, target: float) -> dict:
-    """Which of the ``count`` groups stay fp32 so that every calibration feed's embedding keeps
-    cosine >= ``target`` to fp32. Each group's own damage is measured with it alone in int8;
-    then, from all groups in int8, the most damaging go back to fp32 one by one until the target
-    holds. ``model`` carries the fallback mask (:func:`rewrite_rowwise_int8`); it is consumed."""
+def group_damage(min_cosine, count: int, paths: int) -> Callable[[int, int], float]:
+    """damage(group, path): 1 - the worst cosine to fp32 with that group alone on that path and
+    every other group fp32 (``min_cosine(choice)``), measured once, when first asked for; the
+    fp32 path damages nothing."""
+    measured: dict[tuple[int, int], float] = {}
+
+    def damage(group: int, path: int) -> float:
+        if path == paths - 1:
+            return 0.0
+        if (group, path) not in measured:
+            alone = np.full(count, paths - 1)
+            alone[group] = path
+            measured[group, path] = 1 - min_cosine(alone)
+        return measured[group, path]
+    return damage
+
+
+def upgrade_order(damage: Callable[[int, int], float], count: int,
+                  paths: int) -> Iterator[tuple[int, int]]:
+    """(group, path) moves, starting from every group on path 0: each move takes the group whose
+    current path damages most to its next path that damages less (fp32 damages nothing). Lazy:
+    a path's damage is asked for only when its group gets there."""
+    current = np.zeros(count, int)
+    heap = [(-damage(g, 0), g) for g in range(count) if damage(g, 0) > 0]
+    heapq.heapify(heap)
+    while heap:
+        _, group = heapq.heappop(heap)
+        here = current[group]
+        current[group] = next(k for k in range(here + 1, paths)
+                              if damage(group, k) < damage(group, here))
+        yield group, int(current[group])
+        if damage(group, current[group]) > 0:
+            heapq.heappush(heap, (-damage(group, current[group]), group))
+
+
+def after_moves(moves: list[tuple[int, int]], count: int) -> np.ndarray:
+    """Each group's path after ``moves``, from path 0."""
+    choice = np.zeros(count, int)
+    for group, path in moves:
+        choice[group] = path
+    return choice
+
+
+def shortest_meeting(min_cosine, moves: Iterator[tuple[int, int]], count: int,
+                     target: float) -> tuple[np.ndarray, float]:
+    """The shortest prefix of ``moves`` after which the worst cosine reaches ``target``
+    (taking the cosine to grow with it): prefixes of 1, 2, 4, ... moves until one meets it,
+    then bisection below that one, so that only the moves up to about twice the answer are
+    drawn. Returns (choice, its worst cosine); all moves if none meets the target."""
+    taken: list[tuple[int, int]] = []
+
+    def drawn(length: int) -> int:  # moves drawn so far, at least ``length`` unless exhausted
+        taken.extend(itertools.islice(moves, max(0, length - len(taken))))
+        return len(taken)
+
+    low, low_value, length = 0, None, 1  # the first ``low`` moves miss the target
+    while True:
+        length = min(length, drawn(length))
+        if length == low:  # no moves left
+            choice = after_moves(taken, count)
+            return choice, low_value if low_value is not None else min_cosine(choice)
+        reached = min_cosine(after_moves(taken[:length], count))
+        if reached >= target:
+            break
+        low, low_value, length = length, reached, 2 * length
+    high = length
+    while high - low > 1:
+        middle = (low + high) // 2
+        value = min_cosine(after_moves(taken[:middle], count))
+        if value >= target:
+            high, reached = middle, value
+        else:
+            low = middle
+    return after_moves(taken[:high], count), reached
+
+
+def choose_paths(model, feeds: list[dict], count: int, paths: int, target: float) -> dict:
+    """Each of the ``count`` groups' path (:func:`calibration_paths`, cheapest first) so that
+    every calibration feed's embedding keeps cosine >= ``target`` to fp32: from every group on
+    the cheapest int8 path, the moves of :func:`upgrade_order` (a group's damage on a path
+    measured alone, when it gets there) up to the shortest prefix that meets the target.
+    ``model`` carries the fallback mask (:func:`rewrite_rowwise_int8`); it is consumed."""
     embed = _embedder(model, feeds)
-    reference = embed(np.zeros(count, np.float32))
+    reference = embed(path_masks(np.full(count, paths - 1), paths))
 
-    def min_cosine(mask: np.ndarray) -> float:
-        return float(np.min(np.sum(embed(mask) * reference, axis=1)))
+    def min_cosine(choice: np.ndarray) -> float:
+        return float(np.min(np.sum(embed(path_masks(choice, paths)) * reference, axis=1)))
 
-    mask = np.ones(count, np.float32)
-    reached = min_cosine(mask)
+    choice = np.zeros(count, int)
+    reached = min_cosine(choice)
     calibrated = {"all_int8_min_cosine": reached}
     if reached < target:
-        for group in damage_order(min_cosine, count):
-            mask[group] = 0
-            reached = min_cosine(mask)
-            if reached >= target:
-                break
-    return {**calibrated, "min_cosine": reached,
-            "fp32": [int(i) for i in np.flatnonzero(mask == 0)]}
+        moves = upgrade_order(group_damage(min_cosine, count, paths), count, paths)
+        choice, reached = shortest_meeting(min_cosine, moves, count, target)
+    return {**calibrated, "min_cosine": reached, "paths": [int(k) for k in choice]}
+
+
+@dataclass(frozen=True)
+class RowwiseSettings:
+    """A profile's ``quantize:`` settings for this transform, with their defaults (see
+    :func:`quantize_rowwise_int8`)."""
+
+    alpha: float
+    outliers: int
+    weight_qmax: int
+    target_cosine: float
+    padding_exact: bool
+    keep_fp32: tuple[str, ...]
+
+    @classmethod
+    def parse(cls, settings: dict | None, where) -> RowwiseSettings:
+        settings = settings or {}
+        alpha = float(settings.get("smooth_alpha", 0.5))
+        if not 0 <= alpha <= 1:
+            raise ToolchainError(f"{where}: quantize.smooth_alpha {alpha} is not in [0, 1]")
+        return cls(alpha=alpha, outliers=int(settings.get("outlier_channels", 0)),
+                   weight_qmax=63 if settings.get("reduce_range", True) else 127,
+                   target_cosine=float(settings.get("target_cosine", 0)),
+                   padding_exact=bool(settings.get("padding_exact", True)),
+                   keep_fp32=tuple(settings.get("keep_fp32", [])))
 
 
 @register_transform("fp32", "rowwise_int8", calibrates=True)
 def quantize_rowwise_int8(source: Path, target: Path, profile: Profile, external: bool) -> dict:
     """See the module docstring. Profile settings (quantize:): smooth_alpha (0 = no smoothing),
     outlier_channels (fp32 channels per input), reduce_range (7-bit weights), keep_fp32 (module
-    paths whose MatMuls stay fp32), target_cosine (0 = off: else the groups that stay fp32 are
-    chosen on the calibration feeds, :func:`choose_fp32_groups`), padding_exact (default on:
-    sums over tokens rewritten padding-exact, toolchain.export.padding_exact)."""
+    paths whose MatMuls stay fp32), target_cosine (0 = off, every group int8 with the outlier
+    channels; else each group's path, int8, int8 with outlier channels or fp32, is chosen on the
+    calibration feeds: :func:`choose_paths`), padding_exact (default on: sums over tokens
+    rewritten padding-exact, toolchain.export.padding_exact)."""
     import onnx
 
-    settings = profile.quantize or {}
-    alpha = float(settings.get("smooth_alpha", 0.5))
-    if not 0 <= alpha <= 1:
-        raise ToolchainError(f"{profile.path}: quantize.smooth_alpha {alpha} is not in [0, 1]")
+    settings = RowwiseSettings.parse(profile.quantize, profile.path)
+    alpha, outliers = settings.alpha, settings.outliers
     model = onnx.load(str(source / MODEL_FILE))
-    exact = rewrite_padding_exact(model) if settings.get("padding_exact", True) else {}
-    keep = set(matmuls_in_modules(model, list(settings.get("keep_fp32", []))))
+    exact = rewrite_padding_exact(model) if settings.padding_exact else {}
+    keep = set(matmuls_in_modules(model, list(settings.keep_fp32)))
     groups = weight_matmul_groups(model, keep)
-    outliers = int(settings.get("outlier_channels", 0))
-    target_cosine = float(settings.get("target_cosine", 0))
-    feeds = read_calibration(source) if alpha > 0 or outliers > 0 or target_cosine > 0 else []
+    needs_feeds = alpha > 0 or outliers > 0 or settings.target_cosine > 0
+    feeds = read_calibration(source) if needs_feeds else []
     absmax = None
     if alpha > 0 or outliers > 0:
         absmax = channel_absmax(source / MODEL_FILE, feeds, list(groups))
-    weight_qmax = 63 if settings.get("reduce_range", True) else 127
-    calibrated, restored = {}, []
-    if target_cosine > 0:
+    calibrated, restored, plain = {}, [], frozenset()
+    if settings.target_cosine > 0:
         started = time.perf_counter()
         trial = copy.deepcopy(model)
-        rewrite_rowwise_int8(trial, groups, weight_qmax, absmax, alpha, outliers, FALLBACK_MASK)
-        calibrated = choose_fp32_groups(trial, feeds, len(groups), target_cosine)
+        rewrite_rowwise_int8(trial, groups, settings.weight_qmax, absmax, alpha, outliers,
+                             FALLBACK_MASK)
+        paths = calibration_paths(outliers)
+        calibrated = choose_paths(trial, feeds, len(groups), len(paths), settings.target_cosine)
         del trial
-        restored = [list(groups)[i] for i in calibrated.pop("fp32")]
+        chosen = dict(zip(groups, (paths[k] for k in calibrated.pop("paths"))))
+        restored = [x for x, count in chosen.items() if count is None]
+        plain = frozenset(x for x, count in chosen.items() if count == 0)
         keep |= {node.name for x in restored for node in groups.pop(x)}
         calibrated["seconds"] = time.perf_counter() - started
-    counts = rewrite_rowwise_int8(model, groups, weight_qmax, absmax, alpha, outliers)
+    counts = rewrite_rowwise_int8(model, groups, settings.weight_qmax, absmax, alpha, outliers,
+                                  plain=plain)
     save_graph(model, target, external)
     return {**counts, "padding_exact": exact, "kept_fp32": sorted(keep),
             "fp32_groups": len(restored),

@@ -1,0 +1,64 @@
+#!/usr/bin/env python
+"""Rebuild a row-wise int8 graph from an fp32 artifact with an int8 artifact's choices (which
+groups stay fp32, which take outlier channels) and no calibration search, for graph-level
+ablations: the same choices under a changed rewrite, no outlier channels, or MultiHeadAttention
+left as it is (no padding-exact sums). A bare graph (no verify, no manifest): time it with
+time_one_shape.py, compare it with int8_accuracy.py.
+
+    .venv/bin/python benchmarks/export_large/int8_rebuild.py runs/smollm2-135m-study/m3/onnx-fp32 \
+        runs/smollm2-135m-study/m3/onnx-int8 /tmp/m3-no-outliers --outliers 0
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from int8_settings_probe import calibration_and_held_out  # noqa: E402
+from toolchain.atomic import read_manifest  # noqa: E402
+from toolchain.export import rowwise_int8 as rowwise  # noqa: E402
+from toolchain.export.onnx_export import MODEL_FILE  # noqa: E402
+from toolchain.export.padding_exact import rewrite_padding_exact  # noqa: E402
+
+def main() -> None:
+    import onnx
+
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("fp32", type=Path, help="the fp32 artifact the int8 one was built from")
+    p.add_argument("int8", type=Path, help="the int8 artifact whose choices to reuse")
+    p.add_argument("out", type=Path, help="directory for the rebuilt model.onnx")
+    p.add_argument("--outliers", type=int, default=None,
+                   help="outlier channels in every int8 group (default: the artifact's choice)")
+    p.add_argument("--no-padding-exact", action="store_true")
+    args = p.parse_args()
+    manifest = read_manifest(args.int8)  # once: it checks every file's sha256
+    details = manifest["transform"]
+    settings = rowwise.RowwiseSettings.parse(manifest["profile"].get("quantize"), args.int8)
+    feeds, _ = calibration_and_held_out(args.fp32)
+    model = onnx.load(str(args.fp32 / MODEL_FILE))
+    if not args.no_padding_exact:
+        rewrite_padding_exact(model)
+    groups = rowwise.weight_matmul_groups(model, set(details["kept_fp32"]))
+    absmax = rowwise.channel_absmax(args.fp32 / MODEL_FILE, feeds, list(groups))
+    outliers = settings.outliers
+    # the artifact's groups with outlier channels: those with a Gather of picked channels (its
+    # groups are numbered in this order, rw<i>_)
+    built = {n.output[0] for n in onnx.load(str(args.int8 / MODEL_FILE), load_external_data=False)
+             .graph.node}
+    plain = frozenset(x for i, x in enumerate(groups) if f"rw{i}_picked" not in built)
+    if args.outliers is not None:
+        outliers, plain = args.outliers, frozenset()
+    counts = rowwise.rewrite_rowwise_int8(model, groups, settings.weight_qmax, absmax,
+                                          settings.alpha, outliers, plain=plain)
+    args.out.mkdir(parents=True, exist_ok=True)
+    onnx.save(model, str(args.out / MODEL_FILE))
+    print(f"wrote {args.out / MODEL_FILE}: {counts}")
+
+
+if __name__ == "__main__":
+    main()

@@ -31,11 +31,15 @@ def _tensor(name: str, shape: list) -> onnx.ValueInfoProto:
     return helper.make_tensor_value_info(name, TensorProto.FLOAT, shape)
 
 
-def _mha_graph(width: int = WIDTH, key_padding_mask: bool = False) -> onnx.ModelProto:
+def _mha_graph(width: int = WIDTH, key_padding_mask: bool = False,
+               bnsh: bool = False) -> onnx.ModelProto:
+    """``bnsh``: key and value as (B, heads, S, d), as the fused graph passes them once its
+    rotary embedding is fused."""
     inputs = ["q", "k", "v", "", "kpm" if key_padding_mask else "", "bias"]
     node = helper.make_node("MultiHeadAttention", inputs, ["out"], domain="com.microsoft",
                             num_heads=HEADS, name="mha")
-    graph_inputs = [_tensor(n, ["b", "s", width]) for n in "qkv"]
+    kv_shape = ["b", HEADS, "s", width // HEADS] if bnsh else ["b", "s", width]
+    graph_inputs = [_tensor("q", ["b", "s", width])] + [_tensor(n, kv_shape) for n in "kv"]
     graph_inputs.append(_tensor("bias", ["b", 1, "s", "s"]))
     if key_padding_mask:
         graph_inputs.append(helper.make_tensor_value_info("kpm", TensorProto.INT32, ["b", "s"]))
@@ -90,11 +94,16 @@ def _rows(length: int, pad: int, side: str) -> slice:
     return slice(pad, None) if side == "left" else slice(0, length)
 
 
-def _attention_feeds(rng, length: int, pad: int, side: str, causal: bool) -> dict:
+def _attention_feeds(rng, length: int, pad: int, side: str, causal: bool,
+                     bnsh: bool = False) -> dict:
     """One text of ``length`` tokens (the same q/k/v rows whatever the padding) and ``pad``
-    padded positions of junk on ``side``."""
+    padded positions of junk on ``side``; ``bnsh``: key and value as (B, heads, S, d)."""
     text = {n: rng.normal(size=(1, length, WIDTH)).astype(np.float32) for n in "qkv"}
     feeds = {n: _pad(x, pad, side, 1, rng) for n, x in text.items()}
+    if bnsh:
+        for n in "kv":
+            feeds[n] = np.ascontiguousarray(
+                feeds[n].reshape(1, length + pad, HEADS, -1).transpose(0, 2, 1, 3))
     total = length + pad
     valid = np.zeros(total, bool)
     valid[_rows(length, pad, side)] = True
@@ -105,16 +114,16 @@ def _attention_feeds(rng, length: int, pad: int, side: str, causal: bool) -> dic
 
 
 @pytest.mark.parametrize("length", LENGTHS)
-@pytest.mark.parametrize("causal", [True, False])
-def test_attention_matches_mha_and_is_bit_exact_under_padding(length, causal):
+@pytest.mark.parametrize("causal,bnsh", [(True, False), (False, False), (True, True)])
+def test_attention_matches_mha_and_is_bit_exact_under_padding(length, causal, bnsh):
     assert length + 37 <= MAX_EXACT_TOKENS
-    reference = _session(_mha_graph())
-    exact = _rewritten(_mha_graph(), "attention")
-    alone = _attention_feeds(np.random.default_rng(length), length, 0, "left", causal)
+    reference = _session(_mha_graph(bnsh=bnsh))
+    exact = _rewritten(_mha_graph(bnsh=bnsh), "attention")
+    alone = _attention_feeds(np.random.default_rng(length), length, 0, "left", causal, bnsh)
     out = exact.run(None, alone)[0]
     np.testing.assert_allclose(out, reference.run(None, alone)[0], rtol=1e-5, atol=2e-6)
     for side, pad in PADS:
-        padded = _attention_feeds(np.random.default_rng(length), length, pad, side, causal)
+        padded = _attention_feeds(np.random.default_rng(length), length, pad, side, causal, bnsh)
         np.testing.assert_array_equal(exact.run(None, padded)[0][:, _rows(length, pad, side)],
                                       out)
 

@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from toolchain.errors import ToolchainError
+from toolchain.export.ort_fusion import fuse_for_ort
 from toolchain.modeling.model import EmbeddingModel
 
 OPSET = 18
@@ -129,7 +130,8 @@ def export_onnx(model: EmbeddingModel, directory: Path, seq_len: int = 8,
         raise ToolchainError(f"torch.onnx.export failed: {type(err).__name__}: {err}") from err
     exported = time.perf_counter() - start
     # fused while the probe value is still a graph output, so the rewrites keep it by name
-    fusions = fuse_for_ort(program.model) if fuse else {}
+    fusions = (fuse_for_ort(program.model, model.backbone.config.max_position_embeddings)
+               if fuse else {})
     outputs = program.model.graph.outputs
     probe = [v for v in outputs if v.name == PROBE_VALUE]
     if len(probe) != 1:
@@ -143,19 +145,6 @@ def export_onnx(model: EmbeddingModel, directory: Path, seq_len: int = 8,
             "save_seconds": round(time.perf_counter() - start - exported, 2),
             "graph_weight_bytes": graph_bytes, "torch_weight_bytes": parameter_bytes(wrapper),
             "precomputed": precompute_savings(model), "fusions": fusions}
-
-
-def fuse_for_ort(model) -> dict[str, int]:
-    """onnxscript's ONNX Runtime fusions, in place on the exported ``onnx_ir`` model (RMSNorm,
-    SkipRMSNorm, rotary embedding, SDPA -> MultiHeadAttention, GELU, ...).
-
-    Returns:
-        {fusion: times matched} for every fusion that matched at least once.
-    """
-    from onnxscript.rewriter.ort_fusions import optimize_for_ort
-
-    _, counts = optimize_for_ort(model)
-    return {name: int(n) for name, n in sorted(counts.items()) if n}
 
 
 def initializer_bytes(program) -> int:

@@ -89,7 +89,7 @@ def export_model_dir(model_dir: str | Path, profiles: Sequence[str] = ("fp32",),
         profiles: profile names or YAML paths (export/<name>.yaml).
         out: see :func:`default_targets`.
         threads: ORT threads for verification.
-        fuse: ONNX Runtime fusions on the exported graph (see ``onnx_export.fuse_for_ort``).
+        fuse: ONNX Runtime fusions on the exported graph (see ``ort_fusion.fuse_for_ort``).
         log: progress printer.
 
     Returns:

@@ -61,15 +61,19 @@ class GraphRunner:
 
 def time_group(paths: list[Path], shapes, threads: int, warmup: int, repeats: int) -> list[dict]:
     """paths: artifact dirs (the first one's merged model is timed as "eager"), or
-    LABEL:path/model.onnx for bare graphs."""
+    LABEL:path for bare graphs (a model.onnx, or a directory holding one) and for artifacts
+    whose labels would collide."""
     graphs = {}
     for path in paths:
         label, _, bare = str(path).partition(":")
         if bare:
-            graphs[label] = Path(bare)
+            graph = Path(bare) / "model.onnx" if Path(bare).is_dir() else Path(bare)
         else:
             inspect_artifact(path)  # manifest and sha256s checked
-            graphs[label_of(path)] = path / "model.onnx"
+            label, graph = label_of(path), path / "model.onnx"
+        if label in graphs:
+            raise SystemExit(f"two graphs labelled {label!r} in one group: name one LABEL:PATH")
+        graphs[label] = graph
     source = torch_source(inspect_artifact(next(p for p in paths if ":" not in str(p))))
     eager = open_artifact(inspect_artifact(source), "cpu", threads)
     runners = {label: GraphRunner(graph, threads) for label, graph in graphs.items()}

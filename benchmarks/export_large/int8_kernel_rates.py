@@ -61,6 +61,8 @@ def main() -> None:
     rng = np.random.default_rng(0)
     options = ort.SessionOptions()
     options.intra_op_num_threads = args.threads
+    # idle pools that spin steal the cores of the session being timed (three sessions here)
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     graphs = {"u8 x s8": int8_graph(args.m, args.k, args.n, False, rng),
               "u8 x u8": int8_graph(args.m, args.k, args.n, True, rng),
               "fp32": fp32_graph(args.m, args.k, args.n, rng)}

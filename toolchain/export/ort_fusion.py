@@ -78,8 +78,11 @@ def _rotary_angles_as_matmul():
         return op.Mul(op.Cast(op.Unsqueeze(position_ids, axes), to=ir.DataType.FLOAT), inv_freq)
 
     def is_rotary(context, position_ids, inv_freq, axes, **_) -> bool:
-        return (inv_freq.const_value is not None and len(inv_freq.shape or ()) == 1
-                and len(position_ids.shape or ()) == 2)
+        # positions (B, S) unsqueezed at the end, times a constant vector: nothing else
+        last_axis = axes.const_value is not None and axes.const_value.numpy().tolist() in (
+            [-1], [2])
+        return (last_axis and inv_freq.const_value is not None
+                and len(inv_freq.shape or ()) == 1 and len(position_ids.shape or ()) == 2)
 
     def as_matmul(op, position_ids, inv_freq, axes):
         column = inv_freq.const_value.numpy().astype(np.float32).reshape(1, -1, 1)

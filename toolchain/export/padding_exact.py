@@ -146,18 +146,20 @@ class _Rewriter:
         # key and value come as (B, S, H*d), or as (B, H, S, d) when the rotary fusion holds
         # (k is then rotated and expanded to the query's heads in that layout)
         bnsh = len(self.dims(k) or ()) == 4
-        keys_t = (self.op("Transpose", [k], p + "k_heads_t", perm=[0, 1, 3, 2]) if bnsh else
-                  self.op("Transpose", [self.op("Reshape", [k, split], p + "k")], p + "k_heads_t",
-                          perm=[0, 2, 3, 1]))
+        if bnsh:
+            keys_t = self.op("Transpose", [k], p + "k_heads_t", perm=[0, 1, 3, 2])
+        else:
+            keys_t = self.op("Transpose", [self.op("Reshape", [k, split], p + "k")],
+                             p + "k_heads_t", perm=[0, 2, 3, 1])
         scale = attrs.get("scale") or 1 / np.sqrt(head_dim)
         scores = self.op("Mul", [self.op("MatMul", [query, keys_t], p + "qk"),
                                  self.const(p + "scale", np.array(scale, np.float32))], p + "scores")
         if len(node.input) > 5 and node.input[5]:
             scores = self.op("Add", [scores, node.input[5]], p + "biased")
+        split_chunks = [0, 0, 0, chunks, chunk] if bnsh else [0, 0, heads, chunks, chunk]
         value_chunks = self.op("Transpose", [self.op("Reshape", [v, self.const(
-            p + "split_chunks", np.array([0, 0, 0, chunks, chunk] if bnsh else
-                                         [0, 0, heads, chunks, chunk]))], p + "v")],
-            p + "v_chunks", perm=[0, 1, 3, 2, 4] if bnsh else [0, 2, 3, 1, 4])  # (B, H, chunks, S, w)
+            p + "split_chunks", np.array(split_chunks))], p + "v")],  # -> (B, H, chunks, S, w)
+            p + "v_chunks", perm=[0, 1, 3, 2, 4] if bnsh else [0, 2, 3, 1, 4])
         out = self.weighted_sum(p, scores, value_chunks, chunks)  # (B, H, chunks, T, w)
         merged = self.op("Transpose", [out], p + "merged", perm=[0, 3, 1, 2, 4])
         self.op("Reshape", [merged, self.const(p + "merge_heads", np.array([0, 0, width]))],

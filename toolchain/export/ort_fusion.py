@@ -16,6 +16,7 @@ runs with two corrections, both found on the exported Llama-family graphs:
 
 from __future__ import annotations
 
+import collections
 import contextlib
 
 import numpy as np
@@ -49,10 +50,7 @@ def fuse_for_ort(model, max_positions: int) -> dict[str, int]:
 
 def fused_op_counts(model) -> dict[str, int]:
     """{op type: nodes} of FUSED_OPS in an ``onnx_ir`` model's main graph."""
-    counts: dict[str, int] = {}
-    for node in model.graph:
-        if node.op_type in FUSED_OPS:
-            counts[node.op_type] = counts.get(node.op_type, 0) + 1
+    counts = collections.Counter(n.op_type for n in model.graph if n.op_type in FUSED_OPS)
     return dict(sorted(counts.items()))
 
 

@@ -318,10 +318,7 @@ def rewrite_rowwise_int8(model, groups: dict[str, list], weight_qmax: int,
             for j, node in enumerate(nodes):
                 kept = [g.node(out, "Mul", [results[k][j], picks[k]], f"{p}kept{k}_{j}")
                         for k in range(len(paths))]
-                total = kept[0]
-                for k, part in enumerate(kept[1:-1], 1):
-                    total = g.node(out, "Add", [total, part], f"{p}sum{k}_{j}")
-                g.node(out, "Add", [total, kept[-1]], node.output[0])
+                g.node(out, "Sum", kept, node.output[0])
         replacement[nodes[0].name] = out
         for node in nodes[1:]:
             replacement[node.name] = []

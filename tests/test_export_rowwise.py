@@ -281,6 +281,8 @@ def test_rowwise_int8_passes_verify_batch_invariant(tmp_path, preset, variant, f
     exact = details["padding_exact"]  # the fused graph's attention; m5's per-layer masked means
     assert exact["attention"] == read_manifest(artifact)["fusions"].get("MultiHeadAttention", 0)
     assert (exact["attention"] > 0) == fuse
+    # grouped-query attention (2 key/value heads of 4) read before the exporter's repeat_kv
+    assert exact["grouped_attention"] == exact["attention"]
     assert exact["token_sum"] == (exact["attention"] if variant == "m5" else 0)
     assert fuse or exact["softmax_matmul"] > 0  # the unfused SDPA's, through its NaN guard
     assert ops.count("QuantizeLinear") == details["inputs"] > 0  # one per group

@@ -46,6 +46,35 @@ def _mha_graph(width: int = WIDTH, key_padding_mask: bool = False,
     return _model([node], graph_inputs, [_tensor("out", ["b", "s", width])])
 
 
+def _grouped_mha_graph(heads: int = 4, kv_heads: int = 2,
+                       v_by_token: bool = False) -> onnx.ModelProto:
+    """MultiHeadAttention over the exporter's repeat_kv of k and v, (B, kv_heads, S, d) ->
+    Unsqueeze(axis 2) -> Expand -> Reshape (B, heads, S, d), as grouped-query attention
+    exports (Mistral, Qwen2, Llama: fewer key/value heads than query heads). ``v_by_token``: v
+    comes in as (B, S, kv_heads, d) and is transposed to (B, kv_heads, S, d) first, as the
+    exporter's v is."""
+    groups = heads // kv_heads
+    nodes = [helper.make_node("Transpose", ["v"], ["v_t"], perm=[0, 2, 1, 3])] if v_by_token else []
+    inits = [numpy_helper.from_array(np.array([2], np.int64), "axis2"),
+                        numpy_helper.from_array(np.array([1, 1, groups, 1, 1], np.int64), "rep"),
+                        numpy_helper.from_array(np.array([0, heads, -1, HEAD_DIM], np.int64),
+                                                "heads_shape")]
+    for n in "kv":
+        source = "v_t" if n == "v" and v_by_token else n
+        nodes += [helper.make_node("Unsqueeze", [source, "axis2"], [n + "_u"]),
+                  helper.make_node("Expand", [n + "_u", "rep"], [n + "_e"]),
+                  helper.make_node("Reshape", [n + "_e", "heads_shape"], [n + "_r"])]
+    nodes.append(helper.make_node("MultiHeadAttention", ["q", "k_r", "v_r", "", "", "bias"],
+                                  ["out"], domain="com.microsoft", num_heads=heads, name="mha"))
+    width = heads * HEAD_DIM
+    graph_inputs = [_tensor("q", ["b", "s", width]), _tensor("k", ["b", kv_heads, "s", HEAD_DIM]),
+                    _tensor("v", ["b", "s", kv_heads, HEAD_DIM] if v_by_token else
+                            ["b", kv_heads, "s", HEAD_DIM])]
+    graph_inputs.append(_tensor("bias", ["b", 1, "s", "s"]))
+    return onnx.shape_inference.infer_shapes(
+        _model(nodes, graph_inputs, [_tensor("out", ["b", "s", width])], inits))
+
+
 def _softmax_graph(head_dim: int = 12, nan_guard: bool = False) -> onnx.ModelProto:
     """A head's cross-attention over tokens: 3 latents query S tokens (head width 12, as the
     compact head's 72 at SmolLM2 width is not a multiple of 16). ``nan_guard``: the
@@ -77,7 +106,8 @@ def _session(model: onnx.ModelProto) -> ort.InferenceSession:
 
 def _rewritten(model: onnx.ModelProto, kind: str) -> ort.InferenceSession:
     counts = rewrite_padding_exact(model)
-    assert counts == {k: int(k == kind) for k in ("attention", "softmax_matmul", "token_sum")}
+    assert counts == {k: int(k == kind) for k in ("attention", "grouped_attention",
+                                                   "softmax_matmul", "token_sum")}
     return _session(model)
 
 
@@ -95,15 +125,16 @@ def _rows(length: int, pad: int, side: str) -> slice:
 
 
 def _attention_feeds(rng, length: int, pad: int, side: str, causal: bool,
-                     bnsh: bool = False) -> dict:
+                     bnsh: bool = False, heads: int = HEADS, kv_heads: int = HEADS) -> dict:
     """One text of ``length`` tokens (the same q/k/v rows whatever the padding) and ``pad``
-    padded positions of junk on ``side``; ``bnsh``: key and value as (B, heads, S, d)."""
-    text = {n: rng.normal(size=(1, length, WIDTH)).astype(np.float32) for n in "qkv"}
+    padded positions of junk on ``side``; ``bnsh``: key and value as (B, kv_heads, S, d)."""
+    widths = {"q": heads * HEAD_DIM, "k": kv_heads * HEAD_DIM, "v": kv_heads * HEAD_DIM}
+    text = {n: rng.normal(size=(1, length, w)).astype(np.float32) for n, w in widths.items()}
     feeds = {n: _pad(x, pad, side, 1, rng) for n, x in text.items()}
     if bnsh:
         for n in "kv":
             feeds[n] = np.ascontiguousarray(
-                feeds[n].reshape(1, length + pad, HEADS, -1).transpose(0, 2, 1, 3))
+                feeds[n].reshape(1, length + pad, kv_heads, -1).transpose(0, 2, 1, 3))
     total = length + pad
     valid = np.zeros(total, bool)
     valid[_rows(length, pad, side)] = True
@@ -126,6 +157,35 @@ def test_attention_matches_mha_and_is_bit_exact_under_padding(length, causal, bn
         padded = _attention_feeds(np.random.default_rng(length), length, pad, side, causal, bnsh)
         np.testing.assert_array_equal(exact.run(None, padded)[0][:, _rows(length, pad, side)],
                                       out)
+
+
+@pytest.mark.parametrize("length", LENGTHS)
+@pytest.mark.parametrize("causal,v_by_token", [(True, False), (False, False), (True, True)])
+def test_grouped_attention_reads_kv_before_the_repeat_and_is_bit_exact(length, causal,
+                                                                       v_by_token):
+    """Grouped-query attention: the rewrite reads k and v before repeat_kv (whose copies go,
+    with v's transpose when v comes by token), computes what MultiHeadAttention over the
+    repeated k and v does, and is exact under padding."""
+    graph = _grouped_mha_graph(v_by_token=v_by_token)
+    counts = rewrite_padding_exact(graph)
+    assert counts == {"attention": 1, "grouped_attention": 1, "softmax_matmul": 0,
+                      "token_sum": 0}
+    bypassed = {n + suffix for n in "kv" for suffix in ("_u", "_e", "_r")} | {"v_t"}
+    assert not bypassed & {o for n in graph.graph.node for o in n.output}  # never computed
+    exact, reference = _session(graph), _session(_grouped_mha_graph(v_by_token=v_by_token))
+
+    def feeds(pad: int, side: str) -> dict:
+        f = _attention_feeds(np.random.default_rng(length), length, pad, side, causal, True, 4, 2)
+        if v_by_token:
+            f["v"] = np.ascontiguousarray(f["v"].transpose(0, 2, 1, 3))
+        return f
+
+    out = exact.run(None, feeds(0, "left"))[0]
+    np.testing.assert_allclose(out, reference.run(None, feeds(0, "left"))[0], rtol=1e-5,
+                               atol=2e-6)
+    for side, pad in PADS:
+        np.testing.assert_array_equal(
+            exact.run(None, feeds(pad, side))[0][:, _rows(length, pad, side)], out)
 
 
 @pytest.mark.parametrize("length", LENGTHS)

@@ -21,7 +21,8 @@ elementwise and position-independent in ORT (same script).
 
 The rewrites (each counted in the returned dict):
 - attention: com.microsoft.MultiHeadAttention (q of shape (B, S, H*d), k and v of that shape or
-  (B, H, S, d), attention_bias);
+  (B, H, S, d), attention_bias); grouped_attention (counted in attention too): k and v are the
+  exporter's repeat_kv of fewer heads, which the rewrite reads from before the repeat;
 - softmax_matmul: Softmax over the last axis whose only reader is MatMul(p, v) (the heads'
   cross-attention over tokens), directly or through Where(IsNaN(p), 0, p) (the unfused graph's
   attention, as the exporter writes SDPA);
@@ -62,6 +63,8 @@ class _Rewriter:
         self.shapes = {v.name: v.type.tensor_type.shape for v in (
             *model.graph.value_info, *model.graph.input, *model.graph.output)}
         self.constants = {i.name: i for i in model.graph.initializer}
+        self.producers = {o: n for n in model.graph.node for o in n.output}
+        self.tiled: dict[tuple[str, int], str] = {}  # (attention bias, groups) -> its tiling
         self.index = 0
         self.one = self.const("px_one", np.array(1.0, np.float32))
         self.last = self.const("px_last", np.array([-1], np.int64))
@@ -90,41 +93,71 @@ class _Rewriter:
         self.index += 1
         return f"px{self.index}_{kind}_"
 
-    def ones_chunk(self, p: str, chunks: str) -> str:
-        """Ones shaped like one chunk of ``chunks`` (..., n, S, w) along axis -3."""
-        shape = self.op("Shape", [chunks], p + "chunks_shape")
-        lead = self.op("Slice", [shape, self.const(p + "lead_start", np.array([0])),
-                                 self.const(p + "lead_end", np.array([-3]))], p + "lead")
-        tail = self.op("Slice", [shape, self.const(p + "tail_start", np.array([-2])),
-                                 self.const(p + "end", np.array([2**62]))], p + "tail")
-        ones_shape = self.op("Concat", [lead, self.const(p + "one_chunk", np.array([1])), tail],
-                             p + "ones_shape", axis=0)
-        return self.op("Expand", [self.one, ones_shape], p + "ones")
+    def values_and_ones(self, p: str, v: str, lead: list[int], perm: list[int],
+                        chunk: int) -> str:
+        """v (..., d) with a chunk of ones after its d columns, split into chunks of ``chunk``
+        columns: Pad, Reshape (``lead`` zeros, then (chunks + 1, chunk)), Transpose ``perm``."""
+        padded = self.op("Pad", [v, self.const(p + "pads", np.array([0, chunk])), self.one,
+                                 self.last], p + "padded")
+        return self.op("Transpose", [self.op("Reshape", [padded, self.const(
+            p + "split_chunks", np.array([0] * len(lead) + [-1, chunk]))], p + "v")],
+            p + "values_and_ones", perm=perm)
 
-    def weighted_sum(self, p: str, scores: str, value_chunks: str, chunks: int) -> str:
-        """softmax(scores) @ v as e @ [v | 1]: scores (..., T, S), value_chunks (..., chunks, S,
-        w) -> (..., chunks, T, w) (each chunk divided by the ones chunk)."""
+    def weighted_sum(self, p: str, scores: str, values: str, chunks: int) -> str:
+        """softmax(scores) @ v as e @ [v | 1]: scores (..., T, S), values (..., chunks + 1, S,
+        w) from :meth:`values_and_ones` -> (..., chunks, T, w) (each chunk divided by the ones
+        chunk)."""
         shifted = self.op("Sub", [scores, self.op("ReduceMax", [scores, self.last], p + "row_max",
                                                   keepdims=1)], p + "shifted")
         weights = self.op("Unsqueeze", [self.op("Exp", [shifted], p + "exp"),
                                         self.const(p + "chunk_axis", np.array([-3]))],
                           p + "exp_chunked")
-        values = self.op("Concat", [value_chunks, self.ones_chunk(p, value_chunks)],
-                         p + "values_and_ones", axis=-3)
         products = self.op("MatMul", [weights, values], p + "products")
-        numerator = self.op("Slice", [products, self.const(p + "zero", np.array([0])), self.const(
-            p + "chunks", np.array([chunks])), self.const(p + "chunk_axes", np.array([-3]))],
-            p + "numerator")
         # all w columns of the ones chunk hold the same sum: keeping them all, the Div broadcasts
         # over the chunk axis only (spans of T * w) rather than over w too (spans of 1): 0.30
         # vs 1.33 ms for (8, 9, 4, 128, 16), 1 thread, ORT 1.32
+        numerator = self.op("Slice", [products, self.const(p + "zero", np.array([0])), self.const(
+            p + "chunks", np.array([chunks])), self.const(p + "chunk_axes", np.array([-3]))],
+            p + "numerator")
         denominator = self.op("Slice", [products, self.const(p + "den_start", np.array([chunks])),
                                         self.const(p + "den_end", np.array([chunks + 1])),
                                         self.const(p + "den_axes", np.array([-3]))],
                               p + "denominator")
         return self.op("Div", [numerator, denominator], p + "chunked_out")
 
-    def attention(self, node) -> None:
+    def unrepeated(self, name: str, heads: int, head_dim: int) -> tuple[str, int] | None:
+        """(kv, groups) if ``name`` (B, heads, S, d) is the exporter's repeat_kv of kv (B,
+        heads / groups, S, d): Reshape(Expand(Unsqueeze(kv, axis 2))), each kv head repeated
+        ``groups`` times in a row (grouped-query attention); None otherwise."""
+        reshape = self.producers.get(name)
+        expand = self.producers.get(reshape.input[0]) if reshape is not None else None
+        unsqueeze = self.producers.get(expand.input[0]) if expand is not None else None
+        if (reshape is None or reshape.op_type != "Reshape" or expand is None
+                or expand.op_type != "Expand" or unsqueeze is None
+                or unsqueeze.op_type != "Unsqueeze" or len(unsqueeze.input) < 2
+                or unsqueeze.input[1] not in self.constants):
+            return None
+        axes = self.numpy_helper.to_array(self.constants[unsqueeze.input[1]]).tolist()
+        kv, repeated = self.dims(unsqueeze.input[0]), self.dims(expand.output[0])
+        if axes not in ([2], [-3]) or not kv or len(kv) != 4 or not repeated:
+            return None
+        kv_heads = kv[1]
+        if (not isinstance(kv_heads, int) or kv_heads >= heads or heads % kv_heads
+                or kv[3] != head_dim or repeated[1:3] != [kv_heads, heads // kv_heads]):
+            return None
+        return unsqueeze.input[0], heads // kv_heads
+
+    def tiled_bias(self, bias: str, groups: int) -> str:
+        """An attention bias (B, 1, T, S) repeated ``groups`` times along T, once per graph:
+        the grouped scores (B, kv heads, groups * T, S) read it as they are."""
+        key = (bias, groups)
+        if key not in self.tiled:
+            self.tiled[key] = self.op("Concat", [bias] * groups,
+                                      f"px_{len(self.tiled)}_tiled_bias", axis=2)
+        return self.tiled[key]
+
+    def attention(self, node) -> bool:
+        """The rewrite of one MultiHeadAttention; True if it took the grouped form."""
         from onnx import helper
 
         attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
@@ -140,6 +173,14 @@ class _Rewriter:
             raise ToolchainError(f"node {node.name}: MultiHeadAttention with {why} is not "
                                  f"supported by the padding-exact rewrite")
         p, chunks = self.prefix("attention"), head_dim // chunk
+        bias = node.input[5] if len(node.input) > 5 and node.input[5] else None
+        scale = attrs.get("scale") or 1 / np.sqrt(head_dim)
+        grouped = [self.unrepeated(x, heads, head_dim) for x in (k, v)]
+        if (all(grouped) and grouped[0][1] == grouped[1][1]
+                and (bias is None or (self.dims(bias) or [None, None])[1] == 1)):
+            self.grouped_attention(node, p, grouped[0][0], grouped[1][0], grouped[0][1], bias,
+                                   scale, head_dim, chunk)
+            return True
         split = self.const(p + "split_heads", np.array([0, 0, heads, head_dim]))
         query = self.op("Transpose", [self.op("Reshape", [q, split], p + "q")], p + "q_heads",
                         perm=[0, 2, 1, 3])
@@ -151,17 +192,50 @@ class _Rewriter:
         else:
             keys_t = self.op("Transpose", [self.op("Reshape", [k, split], p + "k")],
                              p + "k_heads_t", perm=[0, 2, 3, 1])
-        scale = attrs.get("scale") or 1 / np.sqrt(head_dim)
         scores = self.op("Mul", [self.op("MatMul", [query, keys_t], p + "qk"),
                                  self.const(p + "scale", np.array(scale, np.float32))], p + "scores")
-        if len(node.input) > 5 and node.input[5]:
-            scores = self.op("Add", [scores, node.input[5]], p + "biased")
-        split_chunks = [0, 0, 0, chunks, chunk] if bnsh else [0, 0, heads, chunks, chunk]
-        value_chunks = self.op("Transpose", [self.op("Reshape", [v, self.const(
-            p + "split_chunks", np.array(split_chunks))], p + "v")],  # -> (B, H, chunks, S, w)
-            p + "v_chunks", perm=[0, 1, 3, 2, 4] if bnsh else [0, 2, 3, 1, 4])
-        out = self.weighted_sum(p, scores, value_chunks, chunks)  # (B, H, chunks, T, w)
+        if bias:
+            scores = self.op("Add", [scores, bias], p + "biased")
+        if not bnsh:
+            v = self.op("Reshape", [v, split], p + "v_heads")  # (B, S, H, d)
+        values = self.values_and_ones(p, v, [0, 0, 0], [0, 1, 3, 2, 4] if bnsh else
+                                      [0, 2, 3, 1, 4], chunk)  # (B, H, chunks + 1, S, w)
+        out = self.weighted_sum(p, scores, values, chunks)  # (B, H, chunks, T, w)
         merged = self.op("Transpose", [out], p + "merged", perm=[0, 3, 1, 2, 4])
+        self.op("Reshape", [merged, self.const(p + "merge_heads", np.array([0, 0, width]))],
+                p + "out", node.output[0])
+        return False
+
+    def grouped_attention(self, node, p: str, k: str, v: str, groups: int, bias: str | None,
+                          scale: float, head_dim: int, chunk: int) -> None:
+        """Attention with k, v (B, kv heads, S, d) before the exporter's repeat_kv: each kv
+        head's ``groups`` query heads stacked along T, (B, kv heads, groups * T, d), so the
+        repeated k and v (copies, and transposes of them) are never made. A score's sum runs
+        over d, an output's over S with N <= CHUNK_WIDTH as in :meth:`attention`: exact alike."""
+        kv_heads, chunks = self.dims(k)[1], head_dim // chunk
+        width = kv_heads * groups * head_dim
+        query = self.op("Reshape", [self.op("Transpose", [self.op("Reshape", [
+            node.input[0], self.const(p + "split_groups", np.array(
+                [0, 0, kv_heads, groups, head_dim]))], p + "q")], p + "q_groups",
+            perm=[0, 2, 3, 1, 4]), self.const(p + "stack_groups", np.array(
+                [0, 0, -1, head_dim]))], p + "q_stacked")  # (B, kv heads, groups * T, d)
+        keys_t = self.op("Transpose", [k], p + "k_t", perm=[0, 1, 3, 2])
+        scores = self.op("Mul", [self.op("MatMul", [query, keys_t], p + "qk"),
+                                 self.const(p + "scale", np.array(scale, np.float32))], p + "scores")
+        if bias:
+            scores = self.op("Add", [scores, self.tiled_bias(bias, groups)], p + "biased")
+        # v (B, kv heads, S, d), or the (B, S, kv heads, d) it was transposed from (the
+        # exporter's layout): the values' own transpose then does the head split as well
+        source = self.producers.get(v)
+        perm = [0, 1, 3, 2, 4]
+        if (source is not None and source.op_type == "Transpose"
+                and [a.ints for a in source.attribute if a.name == "perm"] == [[0, 2, 1, 3]]):
+            v, perm = source.input[0], [0, 2, 3, 1, 4]
+        values = self.values_and_ones(p, v, [0, 0, 0], perm, chunk)  # (B, kv, chunks + 1, S, w)
+        out = self.weighted_sum(p, scores, values, chunks)  # (B, kv, chunks, groups * T, w)
+        out = self.op("Reshape", [out, self.const(p + "split_out", np.array(
+            [0, 0, 0, groups, -1, chunk]))], p + "out_groups")  # (B, kv, chunks, groups, T, w)
+        merged = self.op("Transpose", [out], p + "merged", perm=[0, 4, 1, 3, 2, 5])
         self.op("Reshape", [merged, self.const(p + "merge_heads", np.array([0, 0, width]))],
                 p + "out", node.output[0])
 
@@ -178,10 +252,9 @@ class _Rewriter:
                                  f"supported by the padding-exact rewrite")
         p, chunks, rank = self.prefix("softmax"), head_dim // chunk, len(dims)
         lead = list(range(rank - 2))
-        value_chunks = self.op("Transpose", [self.op("Reshape", [v, self.const(
-            p + "split_chunks", np.array([0] * (rank - 1) + [chunks, chunk]))], p + "v")],
-            p + "v_chunks", perm=lead + [rank - 1, rank - 2, rank])  # (..., chunks, S, w)
-        out = self.weighted_sum(p, softmax.input[0], value_chunks, chunks)  # (..., chunks, T, w)
+        values = self.values_and_ones(p, v, [0] * (rank - 1), lead + [rank - 1, rank - 2, rank],
+                                      chunk)  # (..., chunks + 1, S, w)
+        out = self.weighted_sum(p, softmax.input[0], values, chunks)  # (..., chunks, T, w)
         merged = self.op("Transpose", [out], p + "merged", perm=lead + [rank - 1, rank - 2, rank])
         result = self.op("Reshape", [merged, self.const(
             p + "merge", np.array([0] * (rank - 1) + [head_dim]))], p + "out",
@@ -248,6 +321,18 @@ def _nan_guard(softmax, readers: dict[str, list], constants: dict) -> tuple:
     return is_nan, where
 
 
+def _live(nodes: list, graph_outputs: set[str]) -> list:
+    """``nodes`` without those whose outputs nothing reads (the repeat_kv the grouped attention
+    bypasses), in order."""
+    nodes = list(nodes)
+    while True:
+        read = graph_outputs | {name for n in nodes for name in n.input}
+        live = [n for n in nodes if any(o in read for o in n.output if o)]
+        if len(live) == len(nodes):
+            return live
+        nodes = live
+
+
 def rewrite_padding_exact(model) -> dict[str, int]:
     """Rewrite ``model`` (an onnx.ModelProto, in place) as the module docstring says; returns
     {rewrite: count}.
@@ -282,13 +367,13 @@ def rewrite_padding_exact(model) -> dict[str, int]:
             softmax_of[id(reader[0])] = (node, guard)
     # by identity: the exporter's node names are not guaranteed unique or present
     paired = {id(n) for softmax, guard in softmax_of.values() for n in (softmax, *guard)}
-    counts = {"attention": 0, "softmax_matmul": 0, "token_sum": 0}
+    counts = {"attention": 0, "grouped_attention": 0, "softmax_matmul": 0, "token_sum": 0}
     kept = []
     for node in model.graph.node:
         if id(node) in paired:
             continue
         if node.op_type == "MultiHeadAttention" and node.domain == "com.microsoft":
-            rewriter.attention(node)
+            counts["grouped_attention"] += rewriter.attention(node)
             counts["attention"] += 1
         elif id(node) in softmax_of:
             softmax, guard = softmax_of[id(node)]
@@ -303,6 +388,6 @@ def rewrite_padding_exact(model) -> dict[str, int]:
         kept.extend(rewriter.nodes)
         rewriter.nodes.clear()
     del model.graph.node[:]
-    model.graph.node.extend(kept)
+    model.graph.node.extend(_live(kept, {o.name for o in model.graph.output}))
     model.graph.initializer.extend(rewriter.initializers)
     return counts

@@ -217,13 +217,15 @@ class _RowwiseInt8:
         if not 1 <= activation_qmax <= 127:
             raise ValueError(f"activation_qmax {activation_qmax} is not in [1, 127] (u8 codes)")
         self.g, self.weight_qmax, self.absmax, self.alpha = g, weight_qmax, absmax, alpha
-        self.eps = g.const("rw_eps", np.array(1e-8, np.float32))  # an all-zero row: scale > 0
-        self.inv_qmax = g.const("rw_inv_qmax", np.array(1 / activation_qmax, np.float32))
+        inv_qmax = np.float32(1 / activation_qmax)
+        self.inv_qmax = g.const("rw_inv_qmax", inv_qmax)
+        self.neg_inv_qmax = g.const("rw_neg_inv_qmax", -inv_qmax)
+        # an all-zero row: scale > 0
+        self.eps_scale = g.const("rw_eps_scale", np.float32(1e-8) * inv_qmax)
         # u8 codes span zero_point +- activation_qmax: [1, 255] at 127, [1, 127] at 63
         self.zero_point = g.const("rw_zero_point", np.array(activation_qmax + 1, np.uint8))
         self.axis1 = g.const("rw_axis1", np.array([1], np.int64))
         self.last = g.const("rw_last", np.array([-1], np.int64))
-        self.end = g.const("rw_end", np.array([2**62], np.int64))
         self.start = g.const("rw_start", np.array([0], np.int64))
 
     def products(self, out: list, p: str, x: str, mats: list[np.ndarray], outliers: int,
@@ -234,18 +236,18 @@ class _RowwiseInt8:
         input_scale, packed, channels, exact = _plan(
             x, mats, None if self.absmax is None else self.absmax[x], self.alpha, outliers)
         source, folded = smoothed_input(g, out, p, x, input_scale, len(mats), fold)
-        shape = g.node(out, "Shape", [source], p + "shape")
-        lead = g.node(out, "Slice", [shape, self.start, self.last], p + "lead")
-        width = g.node(out, "Slice", [shape, self.last, self.end], p + "k")
-        rows_shape = g.node(out, "Concat", [self.last, width], p + "rows_shape", axis=0)
-        rows = g.node(out, "Reshape", [source, rows_shape], p + "rows")
-        # max |x| of a row as max(max x, -min x): two reads of x and no |x| written out
+        lead = g.node(out, "Slice", [g.node(out, "Shape", [source], p + "shape"), self.start,
+                                     self.last], p + "lead")
+        rows = g.node(out, "Reshape", [source, g.const(p + "rows_shape", np.array(
+            [-1, mats[0].shape[0]]))], p + "rows")
+        # a row's scale max|x| / qmax as max(max x / qmax, min x / -qmax, eps / qmax): two reads
+        # of x and no |x| written out; the same bits as max(max x, -min x, eps) / qmax (a
+        # product with a positive constant keeps order)
         row_hi = g.node(out, "ReduceMax", [rows, self.axis1], p + "row_hi", keepdims=0)
         row_lo = g.node(out, "ReduceMin", [rows, self.axis1], p + "row_lo", keepdims=0)
-        row_absmax = g.node(out, "Max", [row_hi, g.node(out, "Neg", [row_lo], p + "row_neg_lo")],
-                            p + "row_absmax")
-        scale = g.node(out, "Mul", [g.node(out, "Max", [row_absmax, self.eps], p + "row_max"),
-                                    self.inv_qmax], p + "row_scale")
+        scale = g.node(out, "Max", [g.node(out, "Mul", [row_hi, self.inv_qmax], p + "hi_scale"),
+                                    g.node(out, "Mul", [row_lo, self.neg_inv_qmax], p + "lo_scale"),
+                                    self.eps_scale], p + "row_scale")
         zero_points = g.node(out, "Expand", [self.zero_point, g.node(out, "Shape", [scale],
                                                                       p + "n")], p + "zero_points")
         quantised = g.node(out, "QuantizeLinear", [rows, scale, zero_points], p + "xq", axis=0)

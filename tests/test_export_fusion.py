@@ -15,13 +15,13 @@ from test_export_fixtures import make_model_dir, one_thread  # noqa: F401
 
 def expected_fusions(preset: str, variant: str) -> dict[str, int]:
     """The fused ops in the final graph of these Llama-family models, per layer: two RMSNorms
-    fused with the residual add, two rotary embeddings (q, k), one com.microsoft
-    MultiHeadAttention (it takes the padding and causal masks as a bias); the first norm; the
-    latent heads' GEGLU GELU. Counted in the saved graph, not in the rewrites' match counts: a
-    rotary fusion that matched and was then inlined back had counted. A count that drops means a
-    fusion stopped holding."""
+    fused with the residual add, two rotary embeddings (q, k), one ONNX Attention (the fused
+    MultiHeadAttention rewritten: k and v of their own heads, the padding and causal masks as
+    a bias); the first norm; the latent heads' GEGLU GELU. Counted in the saved graph, not in
+    the rewrites' match counts: a rotary fusion that matched and was then inlined back had
+    counted. A count that drops means a fusion stopped holding."""
     layers = int(load_preset(preset).backbone.config["num_hidden_layers"])
-    counts = {"MultiHeadAttention": layers, "RotaryEmbedding": 2 * layers,
+    counts = {"Attention": layers, "RotaryEmbedding": 2 * layers,
               "SimplifiedLayerNormalization": 1, "SkipSimplifiedLayerNormalization": 2 * layers}
     if variant != "m1":
         counts["Gelu"] = 1
@@ -41,9 +41,15 @@ def test_fused_graph_matches_every_fusion_and_passes_verify(tmp_path, preset, va
     assert manifest["fusions"] == expected_fusions(preset, variant)
     import onnx
 
-    saved = [node.op_type for node in onnx.load(str(artifact / "model.onnx")).graph.node]
+    graph = onnx.load(str(artifact / "model.onnx")).graph
+    saved = [node.op_type for node in graph.node]
     assert {op: saved.count(op) for op in manifest["fusions"]} == manifest["fusions"]
     assert "Neg" not in saved  # rotate_half's negation: the rotary was not inlined back
+    # k and v reach Attention with their own heads (2 of 4), not repeated to the query's
+    config = load_preset(preset).backbone.config
+    heads = {(a.name, a.i) for n in graph.node if n.op_type == "Attention" for a in n.attribute}
+    assert heads == {("q_num_heads", config["num_attention_heads"]),
+                     ("kv_num_heads", config["num_key_value_heads"])}
     assert report["attention_probe"]["observed"] == manifest["attention"]
 
 

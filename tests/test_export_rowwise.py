@@ -279,7 +279,7 @@ def test_rowwise_int8_passes_verify_batch_invariant(tmp_path, preset, variant, f
     ops = [node.op_type for node in graph.node]
     assert details["name"] == "quantize_rowwise_int8"
     exact = details["padding_exact"]  # the fused graph's attention; m5's per-layer masked means
-    assert exact["attention"] == read_manifest(artifact)["fusions"].get("MultiHeadAttention", 0)
+    assert exact["attention"] == read_manifest(artifact)["fusions"].get("Attention", 0)
     assert (exact["attention"] > 0) == fuse
     # grouped-query attention (2 key/value heads of 4) read before the exporter's repeat_kv
     assert exact["grouped_attention"] == exact["attention"]

@@ -21,9 +21,10 @@ LENGTHS = (7, 300, 700)
 PADS = (("left", 5), ("left", 37), ("right", 9))
 
 
-def _model(nodes: list, inputs: list, outputs: list, inits: list = ()) -> onnx.ModelProto:
+def _model(nodes: list, inputs: list, outputs: list, inits: list = (),
+           opset: int = 18) -> onnx.ModelProto:
     graph = helper.make_graph(nodes, "g", inputs, outputs, initializer=list(inits))
-    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18),
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset),
                                                    helper.make_opsetid("com.microsoft", 1)])
 
 
@@ -73,6 +74,17 @@ def _grouped_mha_graph(heads: int = 4, kv_heads: int = 2,
     graph_inputs.append(_tensor("bias", ["b", 1, "s", "s"]))
     return onnx.shape_inference.infer_shapes(
         _model(nodes, graph_inputs, [_tensor("out", ["b", "s", width])], inits))
+
+
+def _onnx_attention_graph(heads: int = 4, kv_heads: int = 2, **attrs) -> onnx.ModelProto:
+    """ONNX Attention (opset 23) as toolchain.export.ort_fusion writes it: q, k, v by token,
+    k and v of their own heads, an additive mask."""
+    node = helper.make_node("Attention", ["q", "k", "v", "bias"], ["out"], name="attention",
+                            q_num_heads=heads, kv_num_heads=kv_heads, **attrs)
+    inputs = [_tensor("q", ["b", "s", heads * HEAD_DIM]), _tensor("k", ["b", "s", kv_heads *
+                                                                      HEAD_DIM]),
+              _tensor("v", ["b", "s", kv_heads * HEAD_DIM]), _tensor("bias", ["b", 1, "s", "s"])]
+    return _model([node], inputs, [_tensor("out", ["b", "s", heads * HEAD_DIM])], opset=23)
 
 
 def _softmax_graph(head_dim: int = 12, nan_guard: bool = False) -> onnx.ModelProto:
@@ -189,6 +201,29 @@ def test_grouped_attention_reads_kv_before_the_repeat_and_is_bit_exact(length, c
 
 
 @pytest.mark.parametrize("length", LENGTHS)
+@pytest.mark.parametrize("causal,kv_heads", [(True, 2), (False, 2), (True, 4)])
+def test_onnx_attention_matches_and_is_bit_exact_under_padding(length, causal, kv_heads):
+    """ONNX Attention with fewer k/v heads than q heads (grouped) and with as many: the rewrite
+    computes what ORT's Attention does and is exact under padding."""
+    graph = _onnx_attention_graph(kv_heads=kv_heads)
+    counts = rewrite_padding_exact(graph)
+    assert counts == {"attention": 1, "grouped_attention": int(kv_heads < 4),
+                      "softmax_matmul": 0, "token_sum": 0}
+    exact, reference = _session(graph), _session(_onnx_attention_graph(kv_heads=kv_heads))
+
+    def feeds(pad: int, side: str) -> dict:
+        return _attention_feeds(np.random.default_rng(length), length, pad, side, causal,
+                                False, 4, kv_heads)
+
+    out = exact.run(None, feeds(0, "left"))[0]
+    np.testing.assert_allclose(out, reference.run(None, feeds(0, "left"))[0], rtol=1e-5,
+                               atol=2e-6)
+    for side, pad in PADS:
+        np.testing.assert_array_equal(
+            exact.run(None, feeds(pad, side))[0][:, _rows(length, pad, side)], out)
+
+
+@pytest.mark.parametrize("length", LENGTHS)
 @pytest.mark.parametrize("nan_guard", [False, True])
 def test_softmax_matmul_matches_and_is_bit_exact_under_padding(length, nan_guard):
     """With the NaN guard, a query whose every key is masked (-inf) comes out 0, as it did."""
@@ -231,5 +266,8 @@ def test_unsupported_attention_is_refused_by_name():
         rewrite_padding_exact(_mha_graph(key_padding_mask=True))
     with pytest.raises(ToolchainError, match="node mha: .*width 34 for 2 heads"):
         rewrite_padding_exact(_mha_graph(width=34))  # 17 a head: no divisor in [2, 16]
+    with pytest.raises(ToolchainError, match="node attention: Attention with attribute "
+                                             "is_causal=1"):
+        rewrite_padding_exact(_onnx_attention_graph(is_causal=1))
     with pytest.raises(ToolchainError, match="node pv: attention values of shape"):
         rewrite_padding_exact(_softmax_graph(head_dim=17))

@@ -21,8 +21,10 @@ elementwise and position-independent in ORT (same script).
 
 The rewrites (each counted in the returned dict):
 - attention: com.microsoft.MultiHeadAttention (q of shape (B, S, H*d), k and v of that shape or
-  (B, H, S, d), attention_bias); grouped_attention (counted in attention too): k and v are the
-  exporter's repeat_kv of fewer heads, which the rewrite reads from before the repeat;
+  (B, H, S, d), attention_bias), or ONNX Attention (opset 23: q, k, v of shape (B, S, heads*d),
+  an additive attn_mask); grouped_attention (counted in attention too): k and v have fewer
+  heads than q (Attention's kv_num_heads, or MultiHeadAttention's k and v the exporter's
+  repeat_kv, which the rewrite reads from before the repeat);
 - softmax_matmul: Softmax over the last axis whose only reader is MatMul(p, v) (the heads'
   cross-attention over tokens), directly or through Where(IsNaN(p), 0, p) (the unfused graph's
   attention, as the exporter writes SDPA);
@@ -44,6 +46,12 @@ MAX_EXACT_TOKENS = 1024  # MLAS's K block at N <= CHUNK_WIDTH (see the module do
 # MultiHeadAttention inputs this rewrite understands: query, key, value, attention_bias
 _MHA_UNSUPPORTED_INPUTS = {3: "bias", 4: "key_padding_mask", 6: "past_key", 7: "past_value"}
 _MHA_ATTRIBUTES = {"num_heads", "scale"}
+# ONNX Attention (opset 23): q, k, v, attn_mask; the attributes this rewrite honours, and those it
+# takes only at their defaults
+_ATTENTION_UNSUPPORTED_INPUTS = {4: "past_key", 5: "past_value", 6: "nonpad_kv_seqlen"}
+_ATTENTION_DEFAULTS = {"is_causal": 0, "qk_matmul_output_mode": 0, "softcap": 0.0}
+_ATTENTION_ATTRIBUTES = {"q_num_heads", "kv_num_heads", "scale", "softmax_precision",
+                         *_ATTENTION_DEFAULTS}
 
 
 def chunk_width(head_dim: int) -> int | None:
@@ -151,6 +159,8 @@ class _Rewriter:
         """An attention bias (B, 1, T, S) repeated ``groups`` times along T, once per graph:
         the grouped scores (B, kv heads, groups * T, S) read it as they are."""
         key = (bias, groups)
+        if groups == 1:
+            return bias
         if key not in self.tiled:
             self.tiled[key] = self.op("Concat", [bias] * groups,
                                       f"px_{len(self.tiled)}_tiled_bias", axis=2)
@@ -178,8 +188,18 @@ class _Rewriter:
         grouped = [self.unrepeated(x, heads, head_dim) for x in (k, v)]
         if (all(grouped) and grouped[0][1] == grouped[1][1]
                 and (bias is None or (self.dims(bias) or [None, None])[1] == 1)):
-            self.grouped_attention(node, p, grouped[0][0], grouped[1][0], grouped[0][1], bias,
-                                   scale, head_dim, chunk)
+            (k, groups), (v, _) = grouped
+            keys_t = self.op("Transpose", [k], p + "k_t", perm=[0, 1, 3, 2])
+            # v (B, kv heads, S, d), or the (B, S, kv heads, d) it was transposed from (the
+            # exporter's layout): the values' own transpose then does the head split as well
+            source = self.producers.get(v)
+            perm = [0, 1, 3, 2, 4]
+            if (source is not None and source.op_type == "Transpose"
+                    and [a.ints for a in source.attribute if a.name == "perm"] == [[0, 2, 1, 3]]):
+                v, perm = source.input[0], [0, 2, 3, 1, 4]
+            values = self.values_and_ones(p, v, [0, 0, 0], perm, chunk)
+            self.grouped_attention(node, p, keys_t, values, self.dims(k)[1], groups, bias, scale,
+                                   head_dim, chunk)
             return True
         split = self.const(p + "split_heads", np.array([0, 0, heads, head_dim]))
         query = self.op("Transpose", [self.op("Reshape", [q, split], p + "q")], p + "q_heads",
@@ -206,38 +226,72 @@ class _Rewriter:
                 p + "out", node.output[0])
         return False
 
-    def grouped_attention(self, node, p: str, k: str, v: str, groups: int, bias: str | None,
-                          scale: float, head_dim: int, chunk: int) -> None:
-        """Attention with k, v (B, kv heads, S, d) before the exporter's repeat_kv: each kv
-        head's ``groups`` query heads stacked along T, (B, kv heads, groups * T, d), so the
-        repeated k and v (copies, and transposes of them) are never made. A score's sum runs
-        over d, an output's over S with N <= CHUNK_WIDTH as in :meth:`attention`: exact alike."""
-        kv_heads, chunks = self.dims(k)[1], head_dim // chunk
+    def grouped_attention(self, node, p: str, keys_t: str, values: str, kv_heads: int,
+                          groups: int, bias: str | None, scale: float, head_dim: int,
+                          chunk: int) -> None:
+        """Attention over k, v of ``kv_heads`` heads, each serving ``groups`` query heads:
+        keys_t (B, kv heads, d, S), values (B, kv heads, chunks + 1, S, w) from
+        :meth:`values_and_ones`. Each kv head's query heads are stacked along T, (B, kv heads,
+        groups * T, d), so k and v are never repeated (copies, and transposes of them). A
+        score's sum runs over d, an output's over S with N <= CHUNK_WIDTH as in
+        :meth:`attention`: exact alike."""
+        chunks = head_dim // chunk
         width = kv_heads * groups * head_dim
         query = self.op("Reshape", [self.op("Transpose", [self.op("Reshape", [
             node.input[0], self.const(p + "split_groups", np.array(
                 [0, 0, kv_heads, groups, head_dim]))], p + "q")], p + "q_groups",
             perm=[0, 2, 3, 1, 4]), self.const(p + "stack_groups", np.array(
                 [0, 0, -1, head_dim]))], p + "q_stacked")  # (B, kv heads, groups * T, d)
-        keys_t = self.op("Transpose", [k], p + "k_t", perm=[0, 1, 3, 2])
         scores = self.op("Mul", [self.op("MatMul", [query, keys_t], p + "qk"),
                                  self.const(p + "scale", np.array(scale, np.float32))], p + "scores")
         if bias:
             scores = self.op("Add", [scores, self.tiled_bias(bias, groups)], p + "biased")
-        # v (B, kv heads, S, d), or the (B, S, kv heads, d) it was transposed from (the
-        # exporter's layout): the values' own transpose then does the head split as well
-        source = self.producers.get(v)
-        perm = [0, 1, 3, 2, 4]
-        if (source is not None and source.op_type == "Transpose"
-                and [a.ints for a in source.attribute if a.name == "perm"] == [[0, 2, 1, 3]]):
-            v, perm = source.input[0], [0, 2, 3, 1, 4]
-        values = self.values_and_ones(p, v, [0, 0, 0], perm, chunk)  # (B, kv, chunks + 1, S, w)
         out = self.weighted_sum(p, scores, values, chunks)  # (B, kv, chunks, groups * T, w)
         out = self.op("Reshape", [out, self.const(p + "split_out", np.array(
             [0, 0, 0, groups, -1, chunk]))], p + "out_groups")  # (B, kv, chunks, groups, T, w)
         merged = self.op("Transpose", [out], p + "merged", perm=[0, 4, 1, 3, 2, 5])
         self.op("Reshape", [merged, self.const(p + "merge_heads", np.array([0, 0, width]))],
                 p + "out", node.output[0])
+
+    def onnx_attention(self, node) -> bool:
+        """The rewrite of one ONNX Attention (opset 23) with q, k, v by token (B, S, heads *
+        d) and an additive attention mask, as toolchain.export.ort_fusion writes it; True if
+        its k and v have fewer heads than q (grouped)."""
+        from onnx import helper
+
+        attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+        heads, kv_heads = attrs.get("q_num_heads"), attrs.get("kv_num_heads")
+        extra = [f"input {name}" for i, name in _ATTENTION_UNSUPPORTED_INPUTS.items()
+                 if len(node.input) > i and node.input[i]]
+        extra += [f"output {i}" for i, name in enumerate(node.output) if i and name]
+        extra += [f"attribute {a}={attrs[a]}" for a in sorted(attrs) if a not in
+                  _ATTENTION_ATTRIBUTES or (a in _ATTENTION_DEFAULTS and attrs[a] !=
+                                            _ATTENTION_DEFAULTS[a])]
+        q, k, v = node.input[:3]
+        width = (self.dims(q) or [None])[-1]
+        head_dim = (width // heads if heads and kv_heads and isinstance(width, int)
+                    and width % heads == 0 and heads % kv_heads == 0 else None)
+        chunk = chunk_width(head_dim) if head_dim else None
+        bias = node.input[3] if len(node.input) > 3 and node.input[3] else None
+        groups = heads // kv_heads if head_dim else 0
+        if bias and groups > 1 and (self.dims(bias) or [None, None])[1] != 1:
+            extra.append(f"attention mask of shape {self.dims(bias)}")
+        if (len(self.dims(q) or ()) != 3 or len(self.dims(k) or ()) != 3
+                or len(self.dims(v) or ()) != 3):
+            extra.append("q, k, v not all (B, S, heads * d)")
+        if extra or chunk is None:
+            why = ", ".join(extra) or f"width {width} for {heads} heads"
+            raise ToolchainError(f"node {node.name}: Attention with {why} is not supported by "
+                                 f"the padding-exact rewrite")
+        p = self.prefix("attention")
+        split = self.const(p + "split_kv", np.array([0, 0, kv_heads, head_dim]))
+        keys_t = self.op("Transpose", [self.op("Reshape", [k, split], p + "k")], p + "k_t",
+                         perm=[0, 2, 3, 1])  # (B, kv heads, d, S)
+        values = self.values_and_ones(p, self.op("Reshape", [v, split], p + "v_heads"),
+                                      [0, 0, 0], [0, 2, 3, 1, 4], chunk)
+        self.grouped_attention(node, p, keys_t, values, kv_heads, groups, bias,
+                               attrs.get("scale") or 1 / np.sqrt(head_dim), head_dim, chunk)
+        return groups > 1
 
     def softmax_matmul(self, softmax, matmul, nan_to_zero: bool = False) -> None:
         """Softmax(axis -1) -> MatMul(p, v (..., S, d)) with d static; ``nan_to_zero``: the
@@ -374,6 +428,9 @@ def rewrite_padding_exact(model) -> dict[str, int]:
             continue
         if node.op_type == "MultiHeadAttention" and node.domain == "com.microsoft":
             counts["grouped_attention"] += rewriter.attention(node)
+            counts["attention"] += 1
+        elif node.op_type == "Attention" and node.domain in ("", "ai.onnx"):
+            counts["grouped_attention"] += rewriter.onnx_attention(node)
             counts["attention"] += 1
         elif id(node) in softmax_of:
             softmax, guard = softmax_of[id(node)]

@@ -156,19 +156,25 @@ def _attention_feeds(rng, length: int, pad: int, side: str, causal: bool,
     return feeds
 
 
+def _assert_matches_and_bit_exact(exact, reference, feeds, length: int) -> None:
+    """``exact`` computes what ``reference`` does on a text alone, and the text's rows come out
+    bit-identical padded on either side; ``feeds(pad, side)`` builds the inputs."""
+    out = exact.run(None, feeds(0, "left"))[0]
+    np.testing.assert_allclose(out, reference.run(None, feeds(0, "left"))[0], rtol=1e-5,
+                               atol=2e-6)
+    for side, pad in PADS:
+        np.testing.assert_array_equal(
+            exact.run(None, feeds(pad, side))[0][:, _rows(length, pad, side)], out)
+
+
 @pytest.mark.parametrize("length", LENGTHS)
 @pytest.mark.parametrize("causal,bnsh", [(True, False), (False, False), (True, True)])
 def test_attention_matches_mha_and_is_bit_exact_under_padding(length, causal, bnsh):
     assert length + 37 <= MAX_EXACT_TOKENS
     reference = _session(_mha_graph(bnsh=bnsh))
     exact = _rewritten(_mha_graph(bnsh=bnsh), "attention")
-    alone = _attention_feeds(np.random.default_rng(length), length, 0, "left", causal, bnsh)
-    out = exact.run(None, alone)[0]
-    np.testing.assert_allclose(out, reference.run(None, alone)[0], rtol=1e-5, atol=2e-6)
-    for side, pad in PADS:
-        padded = _attention_feeds(np.random.default_rng(length), length, pad, side, causal, bnsh)
-        np.testing.assert_array_equal(exact.run(None, padded)[0][:, _rows(length, pad, side)],
-                                      out)
+    _assert_matches_and_bit_exact(exact, reference, lambda pad, side: _attention_feeds(
+        np.random.default_rng(length), length, pad, side, causal, bnsh), length)
 
 
 @pytest.mark.parametrize("length", LENGTHS)
@@ -192,12 +198,7 @@ def test_grouped_attention_reads_kv_before_the_repeat_and_is_bit_exact(length, c
             f["v"] = np.ascontiguousarray(f["v"].transpose(0, 2, 1, 3))
         return f
 
-    out = exact.run(None, feeds(0, "left"))[0]
-    np.testing.assert_allclose(out, reference.run(None, feeds(0, "left"))[0], rtol=1e-5,
-                               atol=2e-6)
-    for side, pad in PADS:
-        np.testing.assert_array_equal(
-            exact.run(None, feeds(pad, side))[0][:, _rows(length, pad, side)], out)
+    _assert_matches_and_bit_exact(exact, reference, feeds, length)
 
 
 @pytest.mark.parametrize("length", LENGTHS)
@@ -211,16 +212,8 @@ def test_onnx_attention_matches_and_is_bit_exact_under_padding(length, causal, k
                       "softmax_matmul": 0, "token_sum": 0}
     exact, reference = _session(graph), _session(_onnx_attention_graph(kv_heads=kv_heads))
 
-    def feeds(pad: int, side: str) -> dict:
-        return _attention_feeds(np.random.default_rng(length), length, pad, side, causal,
-                                False, 4, kv_heads)
-
-    out = exact.run(None, feeds(0, "left"))[0]
-    np.testing.assert_allclose(out, reference.run(None, feeds(0, "left"))[0], rtol=1e-5,
-                               atol=2e-6)
-    for side, pad in PADS:
-        np.testing.assert_array_equal(
-            exact.run(None, feeds(pad, side))[0][:, _rows(length, pad, side)], out)
+    _assert_matches_and_bit_exact(exact, reference, lambda pad, side: _attention_feeds(
+        np.random.default_rng(length), length, pad, side, causal, False, 4, kv_heads), length)
 
 
 @pytest.mark.parametrize("length", LENGTHS)

@@ -175,11 +175,11 @@ def _attention_as_onnx_attention(model) -> None:
         _insert_attention(model, node, q, keys, values, inputs[5] if len(inputs) > 5 else None,
                           heads, added)
         converted += 1
-    if converted:
+    if converted:  # else the graph is as _static_rotary_caches left it: pruned and inferred
         model.opset_imports[""] = max(model.opset_imports.get("", 0), ATTENTION_OPSET)
         model.graph.register_initializer(flat)
-    RemoveUnusedNodesPass()(model)
-    ShapeInferencePass()(model)
+        RemoveUnusedNodesPass()(model)
+        ShapeInferencePass()(model)
 
 
 def _by_token_shape():

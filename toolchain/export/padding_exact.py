@@ -182,13 +182,14 @@ class _Rewriter:
             why = ", ".join(extra) or f"width {width} for {heads} heads"
             raise ToolchainError(f"node {node.name}: MultiHeadAttention with {why} is not "
                                  f"supported by the padding-exact rewrite")
-        p, chunks = self.prefix("attention"), head_dim // chunk
+        p = self.prefix("attention")
         bias = node.input[5] if len(node.input) > 5 and node.input[5] else None
         scale = attrs.get("scale") or 1 / np.sqrt(head_dim)
         grouped = [self.unrepeated(x, heads, head_dim) for x in (k, v)]
         if (all(grouped) and grouped[0][1] == grouped[1][1]
                 and (bias is None or (self.dims(bias) or [None, None])[1] == 1)):
             (k, groups), (v, _) = grouped
+            kv_heads = self.dims(k)[1]
             keys_t = self.op("Transpose", [k], p + "k_t", perm=[0, 1, 3, 2])
             # v (B, kv heads, S, d), or the (B, S, kv heads, d) it was transposed from (the
             # exporter's layout): the values' own transpose then does the head split as well
@@ -197,44 +198,33 @@ class _Rewriter:
             if (source is not None and source.op_type == "Transpose"
                     and [a.ints for a in source.attribute if a.name == "perm"] == [[0, 2, 1, 3]]):
                 v, perm = source.input[0], [0, 2, 3, 1, 4]
-            values = self.values_and_ones(p, v, [0, 0, 0], perm, chunk)
-            self.grouped_attention(node, p, keys_t, values, self.dims(k)[1], groups, bias, scale,
-                                   head_dim, chunk)
-            return True
-        split = self.const(p + "split_heads", np.array([0, 0, heads, head_dim]))
-        query = self.op("Transpose", [self.op("Reshape", [q, split], p + "q")], p + "q_heads",
-                        perm=[0, 2, 1, 3])
-        # key and value come as (B, S, H*d), or as (B, H, S, d) when the rotary fusion holds
-        # (k is then rotated and expanded to the query's heads in that layout)
-        bnsh = len(self.dims(k) or ()) == 4
-        if bnsh:
-            keys_t = self.op("Transpose", [k], p + "k_heads_t", perm=[0, 1, 3, 2])
         else:
-            keys_t = self.op("Transpose", [self.op("Reshape", [k, split], p + "k")],
-                             p + "k_heads_t", perm=[0, 2, 3, 1])
-        scores = self.op("Mul", [self.op("MatMul", [query, keys_t], p + "qk"),
-                                 self.const(p + "scale", np.array(scale, np.float32))], p + "scores")
-        if bias:
-            scores = self.op("Add", [scores, bias], p + "biased")
-        if not bnsh:
-            v = self.op("Reshape", [v, split], p + "v_heads")  # (B, S, H, d)
-        values = self.values_and_ones(p, v, [0, 0, 0], [0, 1, 3, 2, 4] if bnsh else
-                                      [0, 2, 3, 1, 4], chunk)  # (B, H, chunks + 1, S, w)
-        out = self.weighted_sum(p, scores, values, chunks)  # (B, H, chunks, T, w)
-        merged = self.op("Transpose", [out], p + "merged", perm=[0, 3, 1, 2, 4])
-        self.op("Reshape", [merged, self.const(p + "merge_heads", np.array([0, 0, width]))],
-                p + "out", node.output[0])
-        return False
+            # key and value come as (B, S, H*d), or as (B, H, S, d) when the rotary fusion holds
+            # (k is then rotated and expanded to the query's heads in that layout)
+            kv_heads, groups = heads, 1
+            if len(self.dims(k) or ()) == 4:
+                keys_t = self.op("Transpose", [k], p + "k_heads_t", perm=[0, 1, 3, 2])
+                perm = [0, 1, 3, 2, 4]
+            else:
+                split = self.const(p + "split_heads", np.array([0, 0, heads, head_dim]))
+                keys_t = self.op("Transpose", [self.op("Reshape", [k, split], p + "k")],
+                                 p + "k_heads_t", perm=[0, 2, 3, 1])
+                v = self.op("Reshape", [v, split], p + "v_heads")  # (B, S, H, d)
+                perm = [0, 2, 3, 1, 4]
+        values = self.values_and_ones(p, v, [0, 0, 0], perm, chunk)  # (B, kv, chunks + 1, S, w)
+        self.grouped_attention(node, p, keys_t, values, kv_heads, groups, bias, scale, head_dim,
+                               chunk)
+        return groups > 1
 
     def grouped_attention(self, node, p: str, keys_t: str, values: str, kv_heads: int,
                           groups: int, bias: str | None, scale: float, head_dim: int,
                           chunk: int) -> None:
-        """Attention over k, v of ``kv_heads`` heads, each serving ``groups`` query heads:
-        keys_t (B, kv heads, d, S), values (B, kv heads, chunks + 1, S, w) from
-        :meth:`values_and_ones`. Each kv head's query heads are stacked along T, (B, kv heads,
-        groups * T, d), so k and v are never repeated (copies, and transposes of them). A
-        score's sum runs over d, an output's over S with N <= CHUNK_WIDTH as in
-        :meth:`attention`: exact alike."""
+        """Attention over k, v of ``kv_heads`` heads, each serving ``groups`` query heads (1:
+        plain multi-head attention): keys_t (B, kv heads, d, S), values (B, kv heads, chunks + 1,
+        S, w) from :meth:`values_and_ones`. Each kv head's query heads are stacked along T, (B,
+        kv heads, groups * T, d), so k and v are never repeated (copies, and transposes of
+        them). A score is one sum over d, an output one sum over S with N <= CHUNK_WIDTH
+        (:meth:`weighted_sum`): exact under padding."""
         chunks = head_dim // chunk
         width = kv_heads * groups * head_dim
         query = self.op("Reshape", [self.op("Transpose", [self.op("Reshape", [

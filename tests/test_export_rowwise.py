@@ -278,12 +278,12 @@ def test_rowwise_int8_passes_verify_batch_invariant(tmp_path, preset, variant, f
     graph = onnx.load(str(artifact / "model.onnx")).graph
     ops = [node.op_type for node in graph.node]
     assert details["name"] == "quantize_rowwise_int8"
-    exact = details["padding_exact"]  # the fused graph's attention; m5's per-layer masked means
-    assert exact["attention"] == read_manifest(artifact)["fusions"].get("Attention", 0)
-    assert (exact["attention"] > 0) == fuse
-    # grouped-query attention (2 key/value heads of 4) read before the exporter's repeat_kv
-    assert exact["grouped_attention"] == exact["attention"]
-    assert exact["token_sum"] == (exact["attention"] if variant == "m5" else 0)
+    exact = details["padding_exact"]  # tokens compacted; m5's per-layer masked means
+    # real tokens first (compact_tokens): the fused graph's ONNX Attention runs as it is
+    assert exact["compacted"] == 1 and exact["attention"] == 0
+    layers = read_manifest(artifact)["fusions"].get("Attention", 0)
+    assert exact["stock_attention"] == layers and (layers > 0) == fuse
+    assert exact["token_sum"] == (layers if variant == "m5" else 0)
     assert fuse or exact["softmax_matmul"] > 0  # the unfused SDPA's, through its NaN guard
     assert ops.count("QuantizeLinear") == details["inputs"] > 0  # one per group
     assert ops.count("MatMulIntegerToFloat") == details["matmuls"] > details["inputs"]

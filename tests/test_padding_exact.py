@@ -12,7 +12,8 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from toolchain.errors import ToolchainError
-from toolchain.export.padding_exact import MAX_EXACT_TOKENS, rewrite_padding_exact
+from toolchain.export.padding_exact import (MAX_EXACT_TOKENS, compact_to_right_padding,
+                                            rewrite_padding_exact)
 
 HEADS, HEAD_DIM = 2, 32
 WIDTH = HEADS * HEAD_DIM
@@ -119,7 +120,8 @@ def _session(model: onnx.ModelProto) -> ort.InferenceSession:
 def _rewritten(model: onnx.ModelProto, kind: str) -> ort.InferenceSession:
     counts = rewrite_padding_exact(model)
     assert counts == {k: int(k == kind) for k in ("attention", "grouped_attention",
-                                                   "softmax_matmul", "token_sum")}
+                                                   "softmax_matmul", "token_sum",
+                                                   "stock_attention", "compacted")}
     return _session(model)
 
 
@@ -187,7 +189,7 @@ def test_grouped_attention_reads_kv_before_the_repeat_and_is_bit_exact(length, c
     graph = _grouped_mha_graph(v_by_token=v_by_token)
     counts = rewrite_padding_exact(graph)
     assert counts == {"attention": 1, "grouped_attention": 1, "softmax_matmul": 0,
-                      "token_sum": 0}
+                      "token_sum": 0, "stock_attention": 0, "compacted": 0}
     bypassed = {n + suffix for n in "kv" for suffix in ("_u", "_e", "_r")} | {"v_t"}
     assert not bypassed & {o for n in graph.graph.node for o in n.output}  # never computed
     exact, reference = _session(graph), _session(_grouped_mha_graph(v_by_token=v_by_token))
@@ -209,7 +211,8 @@ def test_onnx_attention_matches_and_is_bit_exact_under_padding(length, causal, k
     graph = _onnx_attention_graph(kv_heads=kv_heads)
     counts = rewrite_padding_exact(graph)
     assert counts == {"attention": 1, "grouped_attention": int(kv_heads < 4),
-                      "softmax_matmul": 0, "token_sum": 0}
+                      "softmax_matmul": 0, "token_sum": 0, "stock_attention": 0,
+                      "compacted": 0}
     exact, reference = _session(graph), _session(_onnx_attention_graph(kv_heads=kv_heads))
 
     _assert_matches_and_bit_exact(exact, reference, lambda pad, side: _attention_feeds(
@@ -264,3 +267,61 @@ def test_unsupported_attention_is_refused_by_name():
         rewrite_padding_exact(_onnx_attention_graph(is_causal=1))
     with pytest.raises(ToolchainError, match="node pv: attention values of shape"):
         rewrite_padding_exact(_softmax_graph(head_dim=17))
+
+
+@pytest.mark.parametrize("length", LENGTHS)
+@pytest.mark.parametrize("causal,kv_heads", [(True, 2), (False, 2), (True, 4)])
+def test_ort_attention_is_bit_exact_under_right_padding(length, causal, kv_heads):
+    """What compact_to_right_padding relies on: ORT's own Attention computes a text's rows
+    bit-identically with any number of padded positions after it (its products' K blocks
+    start at token 0, its softmax sums key j in the same lane at any length), in a batch too.
+    Fails on a CPU or ORT build where that does not hold (then: compact_tokens false)."""
+    stock = _session(_onnx_attention_graph(kv_heads=kv_heads))
+
+    def feeds(pad: int) -> dict:
+        return _attention_feeds(np.random.default_rng(length), length, pad, "right", causal,
+                                False, 4, kv_heads)
+
+    alone = stock.run(None, feeds(0))[0]
+    for pad in (1, 9, 37, 300):
+        f = feeds(pad)
+        partner = {n: np.random.default_rng(pad).normal(size=x.shape).astype(np.float32)
+                   for n, x in f.items() if n != "bias"}
+        partner["bias"] = np.zeros_like(f["bias"])  # every key of the partner is real
+        batch = {n: np.concatenate([f[n], partner[n]]) for n in f}
+        for run in (f, batch):
+            np.testing.assert_array_equal(stock.run(None, run)[0][:1, :length], alone)
+
+
+def _compaction_graph() -> onnx.ModelProto:
+    """input_ids and attention_mask as read by a graph: passed out as they are, and "states"
+    (B, S, 1), a per-token value from the ids (the probe's last hidden state, say)."""
+    ints = [helper.make_tensor_value_info(n, TensorProto.INT64, ["b", "s"])
+            for n in ("input_ids", "attention_mask")]
+    nodes = [helper.make_node("Identity", ["input_ids"], ["ids_seen"]),
+             helper.make_node("Identity", ["attention_mask"], ["mask_seen"]),
+             helper.make_node("Cast", ["input_ids"], ["ids_float"], to=TensorProto.FLOAT),
+             helper.make_node("Unsqueeze", ["ids_float", "last"], ["states"])]
+    outputs = [helper.make_tensor_value_info(n, TensorProto.INT64, ["b", "s"])
+               for n in ("ids_seen", "mask_seen")]
+    return _model(nodes, ints, outputs, [numpy_helper.from_array(np.array([2], np.int64),
+                                                                 "last")])
+
+
+def test_compaction_moves_real_tokens_first_and_gathers_states_back():
+    """Every reader of the ids and mask sees each row's real tokens first, in order (left,
+    right, inner padding, none, all), and the per-token states come back in the caller's
+    token order."""
+    model = _compaction_graph()
+    compact_to_right_padding(model, "input_ids", "attention_mask", "states")
+    model.graph.output.append(_tensor("states", ["b", "s", 1]))
+    mask = np.array([[0, 0, 1, 1, 1], [1, 1, 1, 0, 0], [1, 0, 1, 0, 1], [1, 1, 1, 1, 1],
+                     [0, 0, 0, 0, 0]], np.int64)
+    ids = np.arange(10, 35, dtype=np.int64).reshape(5, 5)
+    ids_seen, mask_seen, states = _session(model).run(
+        None, {"input_ids": ids, "attention_mask": mask})
+    for row in range(len(ids)):
+        real, padded = ids[row][mask[row] == 1], ids[row][mask[row] == 0]
+        np.testing.assert_array_equal(ids_seen[row], np.concatenate([real, padded]))
+        np.testing.assert_array_equal(mask_seen[row], np.sort(mask[row])[::-1])
+    np.testing.assert_array_equal(states[..., 0], ids.astype(np.float32))

@@ -1,8 +1,9 @@
 #!/usr/bin/env python
 """Rebuild a row-wise int8 graph from an fp32 artifact with an int8 artifact's choices (which
 groups stay fp32, which take outlier channels) and no calibration search, for graph-level
-ablations: the same choices under a changed rewrite, no outlier channels, or MultiHeadAttention
-left as it is (no padding-exact sums). A bare graph (no verify, no manifest): time it with
+ablations: the same choices under a changed rewrite, no outlier channels, the attention
+rewritten padding-exact instead of the tokens compacted (--compact-tokens no), or no
+padding-exact sums at all. A bare graph (no verify, no manifest): time it with
 time_one_shape.py, compare it with int8_accuracy.py.
 
     .venv/bin/python benchmarks/export_large/int8_rebuild.py runs/smollm2-135m-study/m3/onnx-fp32 \
@@ -35,6 +36,9 @@ def main() -> None:
     p.add_argument("--outliers", type=int, default=None,
                    help="outlier channels in every int8 group (default: the artifact's choice)")
     p.add_argument("--no-padding-exact", action="store_true")
+    p.add_argument("--compact-tokens", choices=["yes", "no"], default=None,
+                   help="real tokens first and ONNX Attention as it is (default: the artifact's "
+                        "profile setting; yes where the profile predates it)")
     args = p.parse_args()
     manifest = read_manifest(args.int8)  # once: it checks every file's sha256
     details = manifest["transform"]
@@ -42,7 +46,9 @@ def main() -> None:
     feeds, _ = calibration_and_held_out(args.fp32)
     model = onnx.load(str(args.fp32 / MODEL_FILE))
     if not args.no_padding_exact:
-        rewrite_padding_exact(model)
+        compact = (settings.compact_tokens if args.compact_tokens is None
+                   else args.compact_tokens == "yes")
+        print(rewrite_padding_exact(model, compact_tokens=compact))
     groups = rowwise.weight_matmul_groups(model, set(details["kept_fp32"]))
     absmax = rowwise.channel_absmax(args.fp32 / MODEL_FILE, feeds, list(groups))
     outliers = settings.outliers

@@ -33,6 +33,19 @@ The rewrites (each counted in the returned dict):
 Attention becomes  e = exp(scores - rowmax(scores)),  out = (e @ v) / (e @ 1): v in column chunks
 of at most CHUNK_WIDTH, the ones in a chunk of their own (dividing after the product also saves a
 pass over the (S, S) weights).
+
+With ``compact_tokens`` (the int8 profile's default) ONNX Attention is left as ORT runs it and
+the graph's inputs are compacted instead (:func:`compact_to_right_padding`): each row's real
+tokens first, so that they sit at the same positions alone, in any batch and under either padding
+side. ORT's Attention is then exact as it is: its products' K blocks start at token 0 (right
+padding, above), and MLAS's softmax sums key j into lane j mod 16 (AVX-512) or j mod 8 (FMA3) of
+one accumulator, in order, the tail masked into the same lanes (SoftmaxKernelAvx512F.S,
+TransKernelFma3.S), so trailing padded keys add exact zeros. tests/test_padding_exact.py checks
+the property on the machine it runs on, and verify gates invariance at export. It costs a
+permutation of the ids instead of the rewritten attention's extra passes over (B, heads, T, S):
+SmolLM2 m3 int8 ran 1.17-1.20x faster at 8x128 (benchmarks/results/export_fusion.md, eighth
+measurement). The rewritten attention stays for MultiHeadAttention and for ``compact_tokens:
+false``: its exactness rests on MLAS's SGEMM blocking only, not on its softmax kernel.
 """
 
 from __future__ import annotations
@@ -377,9 +390,63 @@ def _live(nodes: list, graph_outputs: set[str]) -> list:
         nodes = live
 
 
-def rewrite_padding_exact(model) -> dict[str, int]:
+def compact_to_right_padding(model, ids: str, mask: str, token_states: str | None) -> None:
+    """Rewrite ``model`` (in place) to move each row's real tokens to its front, in order, as
+    its first nodes: every reader of ``ids`` and ``mask`` reads the compacted (right-padded)
+    pair instead. A row's token j goes to cumsum(mask)[j] - 1 if real, else to its row's real
+    count + its rank among the padded ones: a permutation, so ScatterElements writes every
+    position once. ``token_states`` (B, S, H), a value readers outside the graph may ask for
+    (verify's probe), is gathered back to the caller's token order under its own name.
+
+    Why: with real tokens first, a text's tokens sit at the same positions alone or in any
+    batch, under either padding side, so ORT's own attention computes them the same: its
+    products' K blocks start at token 0 and its softmax's sum over keys puts key j in the same
+    lane at any length (MLAS, measured: tests/test_padding_exact.py); a padded key adds an
+    exact 0."""
+    from onnx import helper, numpy_helper
+
+    graph = model.graph
+    p = "px_compact_"
+    one = numpy_helper.from_array(np.array(1, np.int64), p + "one")
+    axis = numpy_helper.from_array(np.array(1, np.int64), p + "axis")
+    axes = numpy_helper.from_array(np.array([1], np.int64), p + "axes")
+    last = numpy_helper.from_array(np.array([2], np.int64), p + "last")
+    compacted = {ids: p + "input_ids", mask: p + "attention_mask"}
+    for node in graph.node:
+        node.input[:] = [compacted.get(name, name) for name in node.input]
+    made = [
+        helper.make_node("CumSum", [mask, axis.name], [p + "real_rank"]),
+        helper.make_node("Sub", [one.name, mask], [p + "padded"]),
+        helper.make_node("CumSum", [p + "padded", axis.name], [p + "padded_rank"]),
+        helper.make_node("ReduceSum", [mask, axes.name], [p + "real_count"], keepdims=1),
+        helper.make_node("Sub", [p + "real_rank", one.name], [p + "real_to"]),
+        helper.make_node("Add", [p + "real_count", p + "padded_rank"], [p + "padded_end"]),
+        helper.make_node("Sub", [p + "padded_end", one.name], [p + "padded_to"]),
+        helper.make_node("Cast", [mask], [p + "is_real"], to=9),  # BOOL
+        helper.make_node("Where", [p + "is_real", p + "real_to", p + "padded_to"], [p + "to"]),
+        helper.make_node("ScatterElements", [ids, p + "to", ids], [compacted[ids]], axis=1),
+        helper.make_node("ScatterElements", [mask, p + "to", mask], [compacted[mask]], axis=1),
+    ]
+    if token_states is not None:
+        inner = p + "token_states"
+        for node in graph.node:
+            node.output[:] = [inner if name == token_states else name for name in node.output]
+            node.input[:] = [inner if name == token_states else name for name in node.input]
+        graph.node.extend([
+            helper.make_node("Unsqueeze", [p + "to", last.name], [p + "gather_index"]),
+            helper.make_node("GatherND", [inner, p + "gather_index"], [token_states],
+                             batch_dims=1)])
+    kept = list(graph.node)
+    del graph.node[:]
+    graph.node.extend(made + kept)
+    graph.initializer.extend([one, axis, axes, last])
+
+
+def rewrite_padding_exact(model, compact_tokens: bool = False) -> dict[str, int]:
     """Rewrite ``model`` (an onnx.ModelProto, in place) as the module docstring says; returns
-    {rewrite: count}.
+    {rewrite: count}. ``compact_tokens``: ONNX Attention kept as it is (counted as
+    stock_attention) and the graph's input_ids and attention_mask compacted to real tokens first
+    (:func:`compact_to_right_padding`; verify's probe value gathered back).
 
     Raises:
         ToolchainError: an attention this rewrite cannot make exact (MultiHeadAttention inputs or
@@ -411,7 +478,8 @@ def rewrite_padding_exact(model) -> dict[str, int]:
             softmax_of[id(reader[0])] = (node, guard)
     # by identity: the exporter's node names are not guaranteed unique or present
     paired = {id(n) for softmax, guard in softmax_of.values() for n in (softmax, *guard)}
-    counts = {"attention": 0, "grouped_attention": 0, "softmax_matmul": 0, "token_sum": 0}
+    counts = {"attention": 0, "grouped_attention": 0, "softmax_matmul": 0, "token_sum": 0,
+              "stock_attention": 0, "compacted": 0}
     kept = []
     for node in model.graph.node:
         if id(node) in paired:
@@ -419,6 +487,10 @@ def rewrite_padding_exact(model) -> dict[str, int]:
         if node.op_type == "MultiHeadAttention" and node.domain == "com.microsoft":
             counts["grouped_attention"] += rewriter.attention(node)
             counts["attention"] += 1
+        elif node.op_type == "Attention" and node.domain in ("", "ai.onnx") and compact_tokens:
+            kept.append(node)
+            counts["stock_attention"] += 1
+            continue
         elif node.op_type == "Attention" and node.domain in ("", "ai.onnx"):
             counts["grouped_attention"] += rewriter.onnx_attention(node)
             counts["attention"] += 1
@@ -437,4 +509,11 @@ def rewrite_padding_exact(model) -> dict[str, int]:
     del model.graph.node[:]
     model.graph.node.extend(_live(kept, {o.name for o in model.graph.output}))
     model.graph.initializer.extend(rewriter.initializers)
+    if compact_tokens:
+        from toolchain.export.onnx_export import INPUT_NAMES, PROBE_VALUE
+
+        produced = {o for n in model.graph.node for o in n.output}
+        compact_to_right_padding(model, *INPUT_NAMES,
+                                 PROBE_VALUE if PROBE_VALUE in produced else None)
+        counts["compacted"] = 1
     return counts

@@ -9,9 +9,10 @@ The transform rewrites every MatMul of the fp32 graph that has a constant 2-D we
 Why row-wise: a row's scale depends on that row only, so a row's int8 product does not depend on
 its batch partners (`int8-dynamic` computes one scale per tensor over the whole batch).
 Padding must not move the fp32 parts either: a change of ~1e-7 flips a rounding now and then,
-and a trained model amplifies the flips, so the graph's sums over tokens (attention, masked
-means) are first rewritten padding-exact (toolchain.export.padding_exact). MatMuls that read the
-same tensor (q/k/v, gate/up) share one quantisation.
+and a trained model amplifies the flips, so the graph's sums over tokens are made exact first
+(toolchain.export.padding_exact): each row's real tokens are moved to its front, where ORT's
+attention computes them the same at any padding, and masked means are rewritten. MatMuls that
+read the same tensor (q/k/v, gate/up) share one quantisation.
 
 Why smoothing (SmoothQuant, Xiao et al. 2023): real decoder activations have a few outlier
 channels, which set every row's scale and crush the rest to a few levels. Each quantised input
@@ -468,6 +469,7 @@ class RowwiseSettings:
     weight_qmax: int
     target_cosine: float
     padding_exact: bool
+    compact_tokens: bool
     keep_fp32: tuple[str, ...]
 
     @classmethod
@@ -480,6 +482,7 @@ class RowwiseSettings:
                    weight_qmax=63 if settings.get("reduce_range", True) else 127,
                    target_cosine=float(settings.get("target_cosine", 0)),
                    padding_exact=bool(settings.get("padding_exact", True)),
+                   compact_tokens=bool(settings.get("compact_tokens", True)),
                    keep_fp32=tuple(settings.get("keep_fp32", [])))
 
 
@@ -490,13 +493,16 @@ def quantize_rowwise_int8(source: Path, target: Path, profile: Profile, external
     paths whose MatMuls stay fp32), target_cosine (0 = off, every group int8 with the outlier
     channels; else each group's path, int8, int8 with outlier channels or fp32, is chosen on the
     calibration feeds: :func:`choose_paths`), padding_exact (default on: sums over tokens
-    rewritten padding-exact, toolchain.export.padding_exact)."""
+    rewritten padding-exact, toolchain.export.padding_exact), compact_tokens (default on, with
+    padding_exact: each row's real tokens moved to its front, and ONNX Attention kept as fused,
+    exact that way: :func:`~toolchain.export.padding_exact.compact_to_right_padding`)."""
     import onnx
 
     settings = RowwiseSettings.parse(profile.quantize, profile.path)
     alpha, outliers = settings.alpha, settings.outliers
     model = onnx.load(str(source / MODEL_FILE))
-    exact = rewrite_padding_exact(model) if settings.padding_exact else {}
+    exact = (rewrite_padding_exact(model, compact_tokens=settings.compact_tokens)
+             if settings.padding_exact else {})
     keep = set(matmuls_in_modules(model, list(settings.keep_fp32)))
     groups = weight_matmul_groups(model, keep)
     needs_feeds = alpha > 0 or outliers > 0 or settings.target_cosine > 0

@@ -13,7 +13,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from toolchain.errors import ToolchainError
 from toolchain.export.padding_exact import (MAX_EXACT_TOKENS, compact_to_right_padding,
-                                            rewrite_padding_exact)
+                                            gather_back_token_states, rewrite_padding_exact)
 
 HEADS, HEAD_DIM = 2, 32
 WIDTH = HEADS * HEAD_DIM
@@ -313,7 +313,8 @@ def test_compaction_moves_real_tokens_first_and_gathers_states_back():
     right, inner padding, none, all), and the per-token states come back in the caller's
     token order."""
     model = _compaction_graph()
-    compact_to_right_padding(model, "input_ids", "attention_mask", "states")
+    compact_to_right_padding(model, "input_ids", "attention_mask")
+    gather_back_token_states(model, "states")
     model.graph.output.append(_tensor("states", ["b", "s", 1]))
     mask = np.array([[0, 0, 1, 1, 1], [1, 1, 1, 0, 0], [1, 0, 1, 0, 1], [1, 1, 1, 1, 1],
                      [0, 0, 0, 0, 0]], np.int64)

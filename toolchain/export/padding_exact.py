@@ -390,13 +390,15 @@ def _live(nodes: list, graph_outputs: set[str]) -> list:
         nodes = live
 
 
-def compact_to_right_padding(model, ids: str, mask: str, token_states: str | None) -> None:
+COMPACTED_ORDER = "px_compact_to"  # (B, S): where each of the caller's tokens went
+
+
+def compact_to_right_padding(model, ids: str, mask: str) -> None:
     """Rewrite ``model`` (in place) to move each row's real tokens to its front, in order, as
     its first nodes: every reader of ``ids`` and ``mask`` reads the compacted (right-padded)
     pair instead. A row's token j goes to cumsum(mask)[j] - 1 if real, else to its row's real
-    count + its rank among the padded ones: a permutation, so ScatterElements writes every
-    position once. ``token_states`` (B, S, H), a value readers outside the graph may ask for
-    (verify's probe), is gathered back to the caller's token order under its own name.
+    count + its rank among the padded ones (COMPACTED_ORDER): a permutation, so ScatterElements
+    writes every position once.
 
     Why: with real tokens first, a text's tokens sit at the same positions alone or in any
     batch, under either padding side, so ORT's own attention computes them the same: its
@@ -410,7 +412,6 @@ def compact_to_right_padding(model, ids: str, mask: str, token_states: str | Non
     one = numpy_helper.from_array(np.array(1, np.int64), p + "one")
     axis = numpy_helper.from_array(np.array(1, np.int64), p + "axis")
     axes = numpy_helper.from_array(np.array([1], np.int64), p + "axes")
-    last = numpy_helper.from_array(np.array([2], np.int64), p + "last")
     compacted = {ids: p + "input_ids", mask: p + "attention_mask"}
     for node in graph.node:
         node.input[:] = [compacted.get(name, name) for name in node.input]
@@ -419,34 +420,49 @@ def compact_to_right_padding(model, ids: str, mask: str, token_states: str | Non
         helper.make_node("Sub", [one.name, mask], [p + "padded"]),
         helper.make_node("CumSum", [p + "padded", axis.name], [p + "padded_rank"]),
         helper.make_node("ReduceSum", [mask, axes.name], [p + "real_count"], keepdims=1),
-        helper.make_node("Sub", [p + "real_rank", one.name], [p + "real_to"]),
         helper.make_node("Add", [p + "real_count", p + "padded_rank"], [p + "padded_end"]),
-        helper.make_node("Sub", [p + "padded_end", one.name], [p + "padded_to"]),
         helper.make_node("Cast", [mask], [p + "is_real"], to=9),  # BOOL
-        helper.make_node("Where", [p + "is_real", p + "real_to", p + "padded_to"], [p + "to"]),
-        helper.make_node("ScatterElements", [ids, p + "to", ids], [compacted[ids]], axis=1),
-        helper.make_node("ScatterElements", [mask, p + "to", mask], [compacted[mask]], axis=1),
+        helper.make_node("Where", [p + "is_real", p + "real_rank", p + "padded_end"],
+                         [p + "rank"]),
+        helper.make_node("Sub", [p + "rank", one.name], [COMPACTED_ORDER]),
+        helper.make_node("ScatterElements", [ids, COMPACTED_ORDER, ids], [compacted[ids]],
+                         axis=1),
+        helper.make_node("ScatterElements", [mask, COMPACTED_ORDER, mask], [compacted[mask]],
+                         axis=1),
     ]
-    if token_states is not None:
-        inner = p + "token_states"
-        for node in graph.node:
-            node.output[:] = [inner if name == token_states else name for name in node.output]
-            node.input[:] = [inner if name == token_states else name for name in node.input]
-        graph.node.extend([
-            helper.make_node("Unsqueeze", [p + "to", last.name], [p + "gather_index"]),
-            helper.make_node("GatherND", [inner, p + "gather_index"], [token_states],
-                             batch_dims=1)])
     kept = list(graph.node)
     del graph.node[:]
     graph.node.extend(made + kept)
-    graph.initializer.extend([one, axis, axes, last])
+    graph.initializer.extend([one, axis, axes])
+
+
+def gather_back_token_states(model, token_states: str) -> None:
+    """If ``model``'s tokens are compacted (:func:`compact_to_right_padding`), make
+    ``token_states`` (B, S, H) hold its values in the caller's token order (its producer and
+    readers move to another name); else leave it as it is. For a copy that exposes the value
+    (verify's probe), not the shipped graph: nothing there reads it, and ORT would still run it."""
+    from onnx import helper, numpy_helper
+
+    graph = model.graph
+    if not any(COMPACTED_ORDER in node.output for node in graph.node):
+        return
+    p = "px_compact_"
+    inner = p + "token_states"
+    for node in graph.node:
+        node.output[:] = [inner if name == token_states else name for name in node.output]
+        node.input[:] = [inner if name == token_states else name for name in node.input]
+    last = numpy_helper.from_array(np.array([2], np.int64), p + "last")
+    graph.node.extend([
+        helper.make_node("Unsqueeze", [COMPACTED_ORDER, last.name], [p + "gather_index"]),
+        helper.make_node("GatherND", [inner, p + "gather_index"], [token_states], batch_dims=1)])
+    graph.initializer.append(last)
 
 
 def rewrite_padding_exact(model, compact_tokens: bool = False) -> dict[str, int]:
     """Rewrite ``model`` (an onnx.ModelProto, in place) as the module docstring says; returns
     {rewrite: count}. ``compact_tokens``: ONNX Attention kept as it is (counted as
     stock_attention) and the graph's input_ids and attention_mask compacted to real tokens first
-    (:func:`compact_to_right_padding`; verify's probe value gathered back).
+    (:func:`compact_to_right_padding`).
 
     Raises:
         ToolchainError: an attention this rewrite cannot make exact (MultiHeadAttention inputs or
@@ -510,10 +526,8 @@ def rewrite_padding_exact(model, compact_tokens: bool = False) -> dict[str, int]
     model.graph.node.extend(_live(kept, {o.name for o in model.graph.output}))
     model.graph.initializer.extend(rewriter.initializers)
     if compact_tokens:
-        from toolchain.export.onnx_export import INPUT_NAMES, PROBE_VALUE
+        from toolchain.export.onnx_export import INPUT_NAMES
 
-        produced = {o for n in model.graph.node for o in n.output}
-        compact_to_right_padding(model, *INPUT_NAMES,
-                                 PROBE_VALUE if PROBE_VALUE in produced else None)
+        compact_to_right_padding(model, *INPUT_NAMES)
         counts["compacted"] = 1
     return counts

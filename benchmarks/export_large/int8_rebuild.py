@@ -20,7 +20,7 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from int8_settings_probe import calibration_and_held_out  # noqa: E402
+from int8_settings_probe import calibration_sets  # noqa: E402
 from toolchain.atomic import read_manifest  # noqa: E402
 from toolchain.export import rowwise_int8 as rowwise  # noqa: E402
 from toolchain.export.onnx_export import MODEL_FILE  # noqa: E402
@@ -43,14 +43,16 @@ def main() -> None:
     manifest = read_manifest(args.int8)  # once: it checks every file's sha256
     details = manifest["transform"]
     settings = rowwise.RowwiseSettings.parse(manifest["profile"].get("quantize"), args.int8)
-    feeds, _ = calibration_and_held_out(args.fp32)
+    feeds, statistics, _ = calibration_sets(args.fp32)
     model = onnx.load(str(args.fp32 / MODEL_FILE))
     if not args.no_padding_exact:
         compact = (settings.compact_tokens if args.compact_tokens is None
                    else args.compact_tokens == "yes")
         print(rewrite_padding_exact(model, compact_tokens=compact))
     groups = rowwise.weight_matmul_groups(model, set(details["kept_fp32"]))
-    absmax = rowwise.channel_absmax(args.fp32 / MODEL_FILE, feeds, list(groups))
+    # with GPTQ, the same X^T X as the export's: over its calibration rows, from the fp32 graph
+    absmax, gram = rowwise.channel_statistics(args.fp32 / MODEL_FILE, feeds, list(groups),
+                                              statistics[len(feeds):] if settings.gptq else None)
     outliers = settings.outliers
     # the artifact's groups with outlier channels: those with a Gather of picked channels (its
     # groups are numbered in this order, rw<i>_)
@@ -60,7 +62,7 @@ def main() -> None:
     if args.outliers is not None:
         outliers, plain = args.outliers, frozenset()
     counts = rowwise.rewrite_rowwise_int8(model, groups, settings.weight_qmax, absmax,
-                                          settings.alpha, outliers, plain=plain)
+                                          settings.alpha, outliers, plain=plain, gram=gram)
     args.out.mkdir(parents=True, exist_ok=True)
     onnx.save(model, str(args.out / MODEL_FILE))
     print(f"wrote {args.out / MODEL_FILE}: {counts}")

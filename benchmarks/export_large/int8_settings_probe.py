@@ -50,15 +50,23 @@ def held_out_rows(max_length: int, vocab_size: int, count: int = 24) -> list[dic
     return rows
 
 
-def calibration_and_held_out(artifact: Path) -> tuple[list[dict], list[dict]]:
-    """The export's calibration feeds for ``artifact``'s model, and the held-out rows."""
+def calibration_sets(artifact: Path) -> tuple[list[dict], list[dict], list[dict]]:
+    """The export's calibration feeds for ``artifact``'s model, the same with the rows it reads
+    only for statistics (GPTQ's X^T X), and the held-out rows."""
     reference = load_embedding_model(source_model_dir(artifact, read_manifest(artifact)))
     with tempfile.TemporaryDirectory() as scratch:
         write_calibration(Path(scratch), reference.tokenizer,
                           reference.backbone.config.vocab_size)
         feeds = read_calibration(Path(scratch))
-    return feeds, held_out_rows(reference.tokenizer.max_length,
-                                reference.backbone.config.vocab_size)
+        statistics = read_calibration(Path(scratch), statistics_rows=True)
+    return feeds, statistics, held_out_rows(reference.tokenizer.max_length,
+                                            reference.backbone.config.vocab_size)
+
+
+def calibration_and_held_out(artifact: Path) -> tuple[list[dict], list[dict]]:
+    """The export's calibration feeds for ``artifact``'s model, and the held-out rows."""
+    feeds, _, held = calibration_sets(artifact)
+    return feeds, held
 
 
 def main() -> None:
@@ -70,16 +78,19 @@ def main() -> None:
     p.add_argument("--activation-qmax", type=int, default=127)
     p.add_argument("--outliers", type=int, default=8)
     p.add_argument("--alpha", type=float, default=0.5)
+    p.add_argument("--weight-rounding", choices=rowwise.WEIGHT_ROUNDINGS, default="nearest")
     p.add_argument("--quick", action="store_true", help="the all-int8 cosines only")
     args = p.parse_args()
-    feeds, held = calibration_and_held_out(args.artifact)
+    feeds, statistics, held = calibration_sets(args.artifact)
     started = time.perf_counter()
     model = onnx.load(str(args.artifact / "model.onnx"))
     groups = rowwise.weight_matmul_groups(model, set())
-    absmax = rowwise.channel_absmax(args.artifact / "model.onnx", feeds, list(groups))
+    absmax, gram = rowwise.channel_statistics(
+        args.artifact / "model.onnx", feeds, list(groups),
+        statistics[len(feeds):] if args.weight_rounding == "gptq" else None)
     rowwise.rewrite_rowwise_int8(model, groups, args.weight_qmax, absmax, args.alpha,
                                  args.outliers, rowwise.FALLBACK_MASK,
-                                 activation_qmax=args.activation_qmax)
+                                 activation_qmax=args.activation_qmax, gram=gram)
     embed = rowwise._embedder(model, feeds + held)
     count, paths = len(groups), len(rowwise.calibration_paths(args.outliers))
     fp32 = embed(rowwise.path_masks(np.full(count, paths - 1), paths))

@@ -27,6 +27,16 @@ layers', where massive activations arise) do not survive int8 even smoothed; whi
 measured per model at export (:func:`choose_paths`). The same search gives outlier channels
 only to the groups that need them: their fp32 product costs ~12 % of the int8 graph's time
 (SmolLM2 m3, 8x128), and some models need them nowhere (m3: worst cosine 0.99919 without any).
+
+Why GPTQ (``weight_rounding: gptq``; Frantar et al. 2023): 7-bit weights (``reduce_range``, for
+CPUs without VNNI) cost more accuracy than 8-bit activations. Rounding each input channel's
+weights in turn and spreading its error over the channels not yet rounded, weighted by the
+calibration rows' X^T X, moves the products several times less than rounding to nearest where
+activations are correlated (decoder activations are), at no run-time cost. On SmolLM2 m5 it cut
+the groups the search keeps fp32 from 68 to 43 (export/int8.yaml). What stays fp32 there is the
+first twelve layers of the bidirectional variants: weight rounding alone in those layers (fp32
+activations) already moves some random-id rows below cosine 0.99 (benchmarks/results/
+export_fusion.md, ninth measurement).
 """
 
 from __future__ import annotations
@@ -82,6 +92,15 @@ def in_memory_session(model, settings: dict | None):
 
 def channel_absmax(model_path: Path, feeds: list[dict], names: list[str]) -> dict[str, np.ndarray]:
     """max |x_j| per channel (last axis) of each named tensor over ``feeds``, from ORT."""
+    return channel_statistics(model_path, feeds, names)[0]
+
+
+def channel_statistics(model_path: Path, feeds: list[dict], names: list[str],
+                       gram_rows: list[dict] | None = None
+                       ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray] | None]:
+    """Of each named tensor (channels on its last axis), from ORT: max |x_j| per channel over
+    ``feeds``, and, given ``gram_rows``, the Gram matrix X^T X of its real tokens over ``feeds``
+    and ``gram_rows`` (one session, one run a feed)."""
     import onnx
 
     model = onnx.load(str(model_path))
@@ -90,11 +109,19 @@ def channel_absmax(model_path: Path, feeds: list[dict], names: list[str]) -> dic
     # unoptimised, so that ORT's fusions cannot swallow the tensors we read
     session = in_memory_session(model, {"graph_optimization_level": "disable"})
     absmax: dict[str, np.ndarray] = {}
-    for feed in feeds:
+    gram: dict[str, np.ndarray] = {}
+    for index, feed in enumerate(feeds + (gram_rows or [])):
+        real = feed["attention_mask"].reshape(-1).astype(bool)
         for name, value in zip(names, session.run(names, feed)):
-            row = np.abs(value).reshape(-1, value.shape[-1]).max(0)
-            absmax[name] = np.maximum(absmax[name], row) if name in absmax else row
-    return absmax
+            rows = value.reshape(-1, value.shape[-1])
+            if index < len(feeds):
+                row = np.abs(rows).max(0)
+                absmax[name] = np.maximum(absmax[name], row) if name in absmax else row
+            if gram_rows is not None:
+                # a token-shaped tensor's padded rows carry nothing the model uses
+                rows = (rows[real] if len(rows) == len(real) else rows).astype(np.float64)
+                gram[name] = gram.get(name, 0) + rows.T @ rows
+    return absmax, (gram if gram_rows is not None else None)
 
 
 class _Graph:
@@ -196,6 +223,36 @@ def quantise_columns(packed: np.ndarray, weight_qmax: int) -> tuple[np.ndarray, 
     return quant, column_scale.astype(np.float32)
 
 
+def gptq_columns(packed: np.ndarray, gram: np.ndarray, weight_qmax: int, damp: float = 0.01,
+                 block: int = 128) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`quantise_columns` with GPTQ's rounding (Frantar et al. 2023): the input channels
+    (rows of ``packed``) are rounded one at a time, largest X^T X diagonal first, and each one's
+    rounding error is spread over the rows not yet rounded so that x @ W moves least on the
+    inputs ``gram`` (X^T X) was measured on. Rows that are all zero (outlier channels) stay
+    zero; rows of channels the calibration never excites are rounded to nearest. ``damp`` adds
+    that share of the mean diagonal, for channels the calibration rarely excites."""
+    quant, column_scale = quantise_columns(packed, weight_qmax)
+    live = np.flatnonzero(np.any(packed != 0, axis=1) & (np.diag(gram) > 0))
+    live = live[np.argsort(-np.diag(gram)[live], kind="stable")]
+    hessian = gram[np.ix_(live, live)].astype(np.float64)
+    hessian[np.diag_indices_from(hessian)] += damp * np.mean(np.diag(hessian))
+    # the upper Cholesky factor of H^-1: row i holds how row i's error moves the rows after it
+    inverse = np.linalg.cholesky(np.linalg.inv(hessian)).T
+    weights = packed[live].astype(np.float64)
+    scale = column_scale.astype(np.float64)
+    codes = np.zeros(weights.shape, np.float64)
+    for start in range(0, len(live), block):
+        stop = min(start + block, len(live))
+        errors = np.zeros((stop - start, weights.shape[1]))
+        for i in range(start, stop):
+            codes[i] = np.clip(np.round(weights[i] / scale), -weight_qmax, weight_qmax)
+            errors[i - start] = (weights[i] - codes[i] * scale) / inverse[i, i]
+            weights[i + 1:stop] -= np.outer(inverse[i, i + 1:stop], errors[i - start])
+        weights[stop:] -= inverse[start:stop, stop:].T @ errors
+    quant[live] = codes.astype(np.int8)
+    return quant, column_scale
+
+
 def smoothed_input(g: _Graph, out: list, prefix: str, x: str, input_scale: np.ndarray,
                    readers: int, fold: bool = True) -> tuple[str, bool]:
     """(the tensor the group's products read, whether the smoothing was folded into an
@@ -214,10 +271,12 @@ class _RowwiseInt8:
     constants all groups share."""
 
     def __init__(self, g: _Graph, weight_qmax: int, absmax: dict[str, np.ndarray] | None,
-                 alpha: float, activation_qmax: int) -> None:
+                 alpha: float, activation_qmax: int,
+                 gram: dict[str, np.ndarray] | None = None) -> None:
         if not 1 <= activation_qmax <= 127:
             raise ValueError(f"activation_qmax {activation_qmax} is not in [1, 127] (u8 codes)")
         self.g, self.weight_qmax, self.absmax, self.alpha = g, weight_qmax, absmax, alpha
+        self.gram = gram
         inv_qmax = np.float32(1 / activation_qmax)
         self.inv_qmax = g.const("rw_inv_qmax", inv_qmax)
         self.neg_inv_qmax = g.const("rw_neg_inv_qmax", -inv_qmax)
@@ -253,7 +312,11 @@ class _RowwiseInt8:
                                                                       p + "n")], p + "zero_points")
         quantised = g.node(out, "QuantizeLinear", [rows, scale, zero_points], p + "xq", axis=0)
         row_scale = g.node(out, "Unsqueeze", [scale, self.axis1], p + "col")
-        quant, column_scale = quantise_columns(packed, self.weight_qmax)
+        if self.gram is None:
+            quant, column_scale = quantise_columns(packed, self.weight_qmax)
+        else:  # the Gram matrix of what the products read: x * input_scale
+            gram = self.gram[x] * np.outer(input_scale, input_scale)
+            quant, column_scale = gptq_columns(packed, gram, self.weight_qmax)
         picked = None
         if len(channels):
             picked = g.node(out, "Gather", [rows, g.const(p + "channels", channels)],
@@ -283,7 +346,8 @@ class _RowwiseInt8:
 def rewrite_rowwise_int8(model, groups: dict[str, list], weight_qmax: int,
                          absmax: dict[str, np.ndarray] | None, alpha: float,
                          outliers: int = 0, fallback_mask: str | None = None,
-                         activation_qmax: int = 127, plain: frozenset[str] = frozenset()) -> dict:
+                         activation_qmax: int = 127, plain: frozenset[str] = frozenset(),
+                         gram: dict[str, np.ndarray] | None = None) -> dict:
     """Rewrite ``groups`` (see :func:`weight_matmul_groups`) in place; returns counts. The
     MatMuls of one group share one quantised input (and its smoothing and outlier channels);
     each becomes a MatMulIntegerToFloat on it. Activations take codes of ``activation_qmax``
@@ -297,7 +361,7 @@ def rewrite_rowwise_int8(model, groups: dict[str, list], weight_qmax: int,
     from onnx import helper, numpy_helper
 
     g = _Graph(model)
-    emit = _RowwiseInt8(g, weight_qmax, absmax, alpha, activation_qmax)
+    emit = _RowwiseInt8(g, weight_qmax, absmax, alpha, activation_qmax, gram)
     paths = calibration_paths(outliers)
     replacement: dict[str, list] = {}
     folded = with_outliers = 0
@@ -340,6 +404,7 @@ def calibration_paths(outliers: int) -> list[int | None]:
 
 
 FALLBACK_MASK = "rw_int8_mask"
+WEIGHT_ROUNDINGS = ("nearest", "gptq")
 
 
 def _embedder(model, feeds: list[dict]):
@@ -471,6 +536,7 @@ class RowwiseSettings:
     padding_exact: bool
     compact_tokens: bool
     keep_fp32: tuple[str, ...]
+    gptq: bool
 
     @classmethod
     def parse(cls, settings: dict | None, where) -> RowwiseSettings:
@@ -478,12 +544,17 @@ class RowwiseSettings:
         alpha = float(settings.get("smooth_alpha", 0.5))
         if not 0 <= alpha <= 1:
             raise ToolchainError(f"{where}: quantize.smooth_alpha {alpha} is not in [0, 1]")
+        rounding = settings.get("weight_rounding", "nearest")
+        if rounding not in WEIGHT_ROUNDINGS:
+            raise ToolchainError(f"{where}: quantize.weight_rounding {rounding!r} is not one of "
+                                 f"{', '.join(WEIGHT_ROUNDINGS)}")
         return cls(alpha=alpha, outliers=int(settings.get("outlier_channels", 0)),
                    weight_qmax=63 if settings.get("reduce_range", True) else 127,
                    target_cosine=float(settings.get("target_cosine", 0)),
                    padding_exact=bool(settings.get("padding_exact", True)),
                    compact_tokens=bool(settings.get("compact_tokens", True)),
-                   keep_fp32=tuple(settings.get("keep_fp32", [])))
+                   keep_fp32=tuple(settings.get("keep_fp32", [])),
+                   gptq=rounding == "gptq")
 
 
 @register_transform("fp32", "rowwise_int8", calibrates=True)
@@ -495,7 +566,8 @@ def quantize_rowwise_int8(source: Path, target: Path, profile: Profile, external
     calibration feeds: :func:`choose_paths`), padding_exact (default on: sums over tokens
     rewritten padding-exact, toolchain.export.padding_exact), compact_tokens (default on, with
     padding_exact: each row's real tokens moved to its front, and ONNX Attention kept as fused,
-    exact that way: :func:`~toolchain.export.padding_exact.compact_to_right_padding`)."""
+    exact that way: :func:`~toolchain.export.padding_exact.compact_to_right_padding`),
+    weight_rounding (nearest, or gptq: :func:`gptq_columns` on the calibration rows' X^T X)."""
     import onnx
 
     settings = RowwiseSettings.parse(profile.quantize, profile.path)
@@ -505,17 +577,20 @@ def quantize_rowwise_int8(source: Path, target: Path, profile: Profile, external
              if settings.padding_exact else {})
     keep = set(matmuls_in_modules(model, list(settings.keep_fp32)))
     groups = weight_matmul_groups(model, keep)
-    needs_feeds = alpha > 0 or outliers > 0 or settings.target_cosine > 0
+    needs_feeds = alpha > 0 or outliers > 0 or settings.target_cosine > 0 or settings.gptq
     feeds = read_calibration(source) if needs_feeds else []
-    absmax = None
-    if alpha > 0 or outliers > 0:
+    absmax = gram = None
+    if settings.gptq:  # X^T X also over the rows kept for statistics (more tokens than feeds)
+        extra = read_calibration(source, statistics_rows=True)[len(feeds):]
+        absmax, gram = channel_statistics(source / MODEL_FILE, feeds, list(groups), extra)
+    elif alpha > 0 or outliers > 0:
         absmax = channel_absmax(source / MODEL_FILE, feeds, list(groups))
     calibrated, restored, plain = {}, [], frozenset()
     if settings.target_cosine > 0:
         started = time.perf_counter()
         trial = copy.deepcopy(model)
         rewrite_rowwise_int8(trial, groups, settings.weight_qmax, absmax, alpha, outliers,
-                             FALLBACK_MASK)
+                             FALLBACK_MASK, gram=gram)
         paths = calibration_paths(outliers)
         calibrated = choose_paths(trial, feeds, len(groups), len(paths), settings.target_cosine)
         del trial
@@ -525,8 +600,9 @@ def quantize_rowwise_int8(source: Path, target: Path, profile: Profile, external
         keep |= {node.name for x in restored for node in groups.pop(x)}
         calibrated["seconds"] = time.perf_counter() - started
     counts = rewrite_rowwise_int8(model, groups, settings.weight_qmax, absmax, alpha, outliers,
-                                  plain=plain)
+                                  plain=plain, gram=gram)
     save_graph(model, target, external)
     return {**counts, "padding_exact": exact, "kept_fp32": sorted(keep),
+            "weight_rounding": "gptq" if settings.gptq else "nearest",
             "fp32_groups": len(restored),
             **{f"calibrated_{k}": round(v, 6) for k, v in calibrated.items()}}

@@ -159,8 +159,10 @@ def read_calibration(directory: Path, random_rows: bool = True,
     with np.load(path, allow_pickle=False) as data:
         total = len([k for k in data.files if k.startswith("input_ids_")])
         extra = int(data["statistics_rows"]) if "statistics_rows" in data.files else 0
-        texts = total - int(data["random_rows"]) - extra
-        count = total - (0 if statistics_rows else extra) if random_rows else texts
+        if not random_rows:
+            count = total - int(data["random_rows"]) - extra  # the texts
+        else:
+            count = total if statistics_rows else total - extra
         return [{"input_ids": data[f"input_ids_{i}"],
                  "attention_mask": data[f"attention_mask_{i}"]} for i in range(count)]
 

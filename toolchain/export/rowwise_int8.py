@@ -536,7 +536,11 @@ class RowwiseSettings:
     padding_exact: bool
     compact_tokens: bool
     keep_fp32: tuple[str, ...]
-    gptq: bool
+    weight_rounding: str  # one of WEIGHT_ROUNDINGS
+
+    @property
+    def gptq(self) -> bool:
+        return self.weight_rounding == "gptq"
 
     @classmethod
     def parse(cls, settings: dict | None, where) -> RowwiseSettings:
@@ -554,7 +558,7 @@ class RowwiseSettings:
                    padding_exact=bool(settings.get("padding_exact", True)),
                    compact_tokens=bool(settings.get("compact_tokens", True)),
                    keep_fp32=tuple(settings.get("keep_fp32", [])),
-                   gptq=rounding == "gptq")
+                   weight_rounding=rounding)
 
 
 @register_transform("fp32", "rowwise_int8", calibrates=True)
@@ -580,11 +584,11 @@ def quantize_rowwise_int8(source: Path, target: Path, profile: Profile, external
     needs_feeds = alpha > 0 or outliers > 0 or settings.target_cosine > 0 or settings.gptq
     feeds = read_calibration(source) if needs_feeds else []
     absmax = gram = None
-    if settings.gptq:  # X^T X also over the rows kept for statistics (more tokens than feeds)
-        extra = read_calibration(source, statistics_rows=True)[len(feeds):]
+    if alpha > 0 or outliers > 0 or settings.gptq:
+        # GPTQ's X^T X also over the rows kept for statistics (more tokens than the feeds)
+        extra = (read_calibration(source, statistics_rows=True)[len(feeds):]
+                 if settings.gptq else None)
         absmax, gram = channel_statistics(source / MODEL_FILE, feeds, list(groups), extra)
-    elif alpha > 0 or outliers > 0:
-        absmax = channel_absmax(source / MODEL_FILE, feeds, list(groups))
     calibrated, restored, plain = {}, [], frozenset()
     if settings.target_cosine > 0:
         started = time.perf_counter()
@@ -603,6 +607,6 @@ def quantize_rowwise_int8(source: Path, target: Path, profile: Profile, external
                                   plain=plain, gram=gram)
     save_graph(model, target, external)
     return {**counts, "padding_exact": exact, "kept_fp32": sorted(keep),
-            "weight_rounding": "gptq" if settings.gptq else "nearest",
+            "weight_rounding": settings.weight_rounding,
             "fp32_groups": len(restored),
             **{f"calibrated_{k}": round(v, 6) for k, v in calibrated.items()}}

@@ -28,6 +28,18 @@ def main(argv: list[str] | None = None) -> None:
     except click.ClickException as err:
         err.show()
         sys.exit(err.exit_code)
+    finally:
+        _leave_process_group()
+
+
+def _leave_process_group() -> None:
+    """The rank's process group ends with the rank: left alive into interpreter shutdown, gloo's
+    threads were once torn down joinable and aborted a finished rank ("terminate called without
+    an active exception", SIGABRT after its last step: a fresh clone's make test, 2026-12-04)."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
 
 
 if __name__ == "__main__":

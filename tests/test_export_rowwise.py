@@ -13,6 +13,7 @@ import torch
 from onnx import TensorProto, helper, numpy_helper
 
 from toolchain.atomic import read_manifest
+from toolchain.cpu import cpu_has_int8_dot, exact_activation_qmax, int8_pairs_saturate
 from toolchain.export.pipeline import export_model_dir
 from toolchain.errors import ToolchainError
 from toolchain.export.rowwise_int8 import (FALLBACK_MASK, OUTLIER_SHRINK, RowwiseSettings, _plan,
@@ -68,13 +69,15 @@ def _two_matmul_graph(k: int = 32) -> onnx.ModelProto:
 def test_rows_do_not_depend_on_their_partners(alpha, outliers):
     """One row's output is bit-identical alone and beside a row 1000x larger (a per-tensor scale
     would crush it), and close to fp32; the two MatMuls share one quantised input, each its own
-    int8 product (no packed product to split)."""
+    int8 product (no packed product to split). 8-bit weights, with the activation codes this CPU
+    sums without saturating (fewer where it lacks VNNI/AMX)."""
     model = _two_matmul_graph()
     reference = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
     x = _outlier_inputs(6, 32).astype(np.float32).reshape(2, 3, 32)
     groups = weight_matmul_groups(model, set())
     absmax = {"x": np.abs(x).reshape(-1, 32).max(0)}
-    counts = rewrite_rowwise_int8(model, groups, 127, absmax, alpha, outliers)
+    counts = rewrite_rowwise_int8(model, groups, 127, absmax, alpha, outliers,
+                                  activation_qmax=exact_activation_qmax(127))
     assert counts["inputs"] == 1 and counts["matmuls"] == 2
     ops = [n.op_type for n in model.graph.node]
     assert ops.count("QuantizeLinear") == 1 and ops.count("MatMulIntegerToFloat") == 2
@@ -99,7 +102,10 @@ def test_rows_do_not_depend_on_their_partners(alpha, outliers):
 def test_activation_codes_stay_in_their_range(activation_qmax):
     """The u8 codes span zero_point +- activation_qmax and no further: at 63 every code is at
     most 127, so that u8 x s8 pairs cannot saturate int16 sums (without VNNI) even with full
-    8-bit weights; the product still tracks fp32."""
+    8-bit weights, and the product tracks fp32. At 127 with 8-bit weights the product tracks fp32
+    exactly where the CPU is detected to sum in int32 (VNNI/AMX); where it is detected to
+    saturate, the saturation shows (cosine below 0.999, as seen on AVX2-only CPUs): the detection
+    is checked against ONNX Runtime's real kernel on whichever CPU runs this."""
     model = _two_matmul_graph()
     reference = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
     x = _outlier_inputs(6, 32).astype(np.float32).reshape(2, 3, 32)
@@ -115,7 +121,27 @@ def test_activation_codes_stay_in_their_range(activation_qmax):
     expected = reference.run(None, {"x": x})[0]
     cosine = (got * expected).sum(-1) / np.linalg.norm(got, axis=-1) / np.linalg.norm(
         expected, axis=-1)
-    assert cosine.min() > 0.999
+    if int8_pairs_saturate(127, activation_qmax):
+        assert cosine.min() < 0.999
+    else:
+        assert cosine.min() > 0.999
+
+
+@pytest.mark.parametrize("flags, vnni, exact_8bit", [
+    (frozenset({"avx2"}), False, 64),  # AVX2 only: vpmaddubsw sums pairs in int16
+    (frozenset({"avx2", "avx512f", "avx512_vnni"}), True, 127),
+    (frozenset({"avx2", "avx_vnni"}), True, 127),
+    (frozenset({"avx2", "amx_int8", "amx_bf16"}), True, 127),
+])
+def test_saturation_detection_on_every_cpu_kind(flags, vnni, exact_8bit):
+    """Each CPU kind forced through the detection: int32 accumulation with VNNI or AMX, int16
+    pair sums without; 7-bit weights (the shipped profile) never saturate, 8-bit weights only
+    with codes past 64 on AVX2 alone (2 x 129 x 127 = 32766 fits int16, 2 x 131 x 127 does not)."""
+    assert cpu_has_int8_dot(flags) is vnni
+    assert exact_activation_qmax(63, flags) == 127
+    assert exact_activation_qmax(127, flags) == exact_8bit
+    assert int8_pairs_saturate(127, 65, flags) is not vnni
+    assert not int8_pairs_saturate(127, 64, flags)
 
 
 def _chain_graph(k: int = 32) -> onnx.ModelProto:

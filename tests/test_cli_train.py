@@ -1,5 +1,5 @@
 """`poolattn train` flags come from TrainConfig's field metadata: every setting is a documented
-flag (in --help and README), reaches the TrainConfig, survives the torchrun re-launch, and the
+flag (in --help and docs/training.md), reaches the TrainConfig, survives the torchrun re-launch, and the
 training package never imports the CLI (the per-rank entry point lives in toolchain.cli)."""
 
 from __future__ import annotations
@@ -121,9 +121,9 @@ def test_relaunch_forwards_every_option(tmp_path, captured):
 
 
 def test_readme_lists_every_setting():
-    readme = (project_root() / "README.md").read_text()
+    readme = (project_root() / "docs" / "training.md").read_text()
     assert settings_markdown() in readme, (
-        "README's training settings table is stale: paste `python -m toolchain.train.settings`")
+        "docs/training.md's settings table is stale: paste `python -m toolchain.train.settings`")
     for setting in train_settings():
         assert f"`{setting.key}`" in readme and (setting.preset_only or f"`{setting.flag}`" in readme)
 

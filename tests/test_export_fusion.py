@@ -77,7 +77,7 @@ def test_static_int8_is_batch_invariant_and_keeps_the_listed_modules_fp32(tmp_pa
     or in a batch; MatMuls inside the profile's keep_fp32 modules keep their float weights."""
     import onnx
 
-    from toolchain.export.optimize import matmuls_in_modules
+    from toolchain.export.graph_files import matmuls_in_modules
 
     model_dir = make_model_dir(tmp_path, preset, variant)
     [(artifact, report)] = export_model_dir(model_dir, ["int8-static"], threads=1,
@@ -100,7 +100,7 @@ def test_static_int8_is_batch_invariant_and_keeps_the_listed_modules_fp32(tmp_pa
 
 def test_static_int8_needs_the_exports_calibration_feeds(tmp_path):
     from toolchain.errors import ToolchainError
-    from toolchain.export.optimize import apply_profile
+    from toolchain.export.transforms import apply_profile
     from toolchain.export.profiles import load_profile
 
     (tmp_path / "out").mkdir()

@@ -16,10 +16,13 @@ from toolchain.atomic import read_manifest
 from toolchain.cpu import cpu_has_int8_dot, exact_activation_qmax, int8_pairs_saturate
 from toolchain.export.pipeline import export_model_dir
 from toolchain.errors import ToolchainError
-from toolchain.export.rowwise_int8 import (FALLBACK_MASK, OUTLIER_SHRINK, RowwiseSettings, _plan,
-                                          after_moves, calibration_paths, gptq_columns,
-                                          path_masks, quantise_columns, rewrite_rowwise_int8,
-                                          shortest_meeting, upgrade_order, weight_matmul_groups)
+from toolchain.export.rowwise_int8.fp32_search import (after_moves, path_masks, shortest_meeting,
+                                                       upgrade_order)
+from toolchain.export.rowwise_int8.gptq import gptq_columns, quantise_columns
+from toolchain.export.rowwise_int8.rewrite import (FALLBACK_MASK, calibration_paths,
+                                                   rewrite_rowwise_int8, weight_matmul_groups)
+from toolchain.export.rowwise_int8.settings import RowwiseSettings
+from toolchain.export.rowwise_int8.smoothing import OUTLIER_SHRINK, plan_input
 from toolchain.ort_session import ort_session
 
 from test_export_fixtures import make_model_dir, one_thread  # noqa: F401 (fixture)
@@ -39,7 +42,7 @@ def test_plan_is_exact_in_real_arithmetic():
     mats = [rng.normal(size=(16, 5)), rng.normal(size=(16, 3))]
     x = _outlier_inputs(7, 16)
     for alpha, outliers in [(0.0, 0), (0.5, 0), (0.5, 2), (0.8, 4)]:
-        scale, packed, channels, exact = _plan("x", mats, np.abs(x).max(0), alpha, outliers)
+        scale, packed, channels, exact = plan_input("x", mats, np.abs(x).max(0), alpha, outliers)
         scaled = x * scale.astype(np.float64)
         rebuilt = scaled @ packed + scaled[:, channels] @ exact.astype(np.float64)
         np.testing.assert_allclose(rebuilt, x @ np.concatenate(mats, axis=1), rtol=1e-5,
@@ -47,7 +50,7 @@ def test_plan_is_exact_in_real_arithmetic():
         if outliers:
             assert set(channels) >= {3, 11}  # the calibrated largest channels
             assert not packed[channels].any()  # they contribute nothing to the int8 path
-            plain_scale = _plan("x", mats, np.abs(x).max(0), alpha, 0)[0]
+            plain_scale = plan_input("x", mats, np.abs(x).max(0), alpha, 0)[0]
             np.testing.assert_array_equal(scale[channels], plain_scale[channels] * OUTLIER_SHRINK)
 
 
@@ -234,14 +237,14 @@ def test_target_cosine_restores_fp32_groups_until_met(tmp_path, monkeypatch):
     folded for them) reaches it on the calibration texts against the fp32 graph. The
     calibration sessions take the path of graphs over protobuf's 2 GiB (a scratch file with
     external data), forced here."""
-    import toolchain.export.rowwise_int8 as rowwise_int8
+    import toolchain.export.rowwise_int8.statistics as statistics
     from toolchain.embedder import Embedder
     from toolchain.export.profiles import profile_dir
     from toolchain.probe_texts import CALIBRATION_TEXTS
 
     opened = []
-    monkeypatch.setattr(rowwise_int8, "PROTOBUF_BYTES", 0)
-    monkeypatch.setattr(rowwise_int8, "ort_session", lambda model, *a, **k: (
+    monkeypatch.setattr(statistics, "PROTOBUF_BYTES", 0)
+    monkeypatch.setattr(statistics, "ort_session", lambda model, *a, **k: (
         opened.append(model), ort_session(model, *a, **k))[1])
 
     model_dir = make_model_dir(tmp_path, "tiny-mistral", "m5")
@@ -339,7 +342,7 @@ def test_gptq_rounding_moves_unseen_products_less_than_nearest():
     as it is for a channel the calibration never excites."""
     k, n = 96, 40
     weights = np.random.default_rng(6).normal(size=(k, n)).astype(np.float32)
-    weights[[3, 50]] = 0  # outlier channels' rows (:func:`_plan`)
+    weights[[3, 50]] = 0  # outlier channels' rows (:func:`plan_input`)
     seen, unseen = _correlated_inputs(2000, k, 7), _correlated_inputs(2000, k, 8)
     nearest, nearest_scale = quantise_columns(weights, 63)
     quant, scale = gptq_columns(weights, seen.T @ seen, 63)
@@ -366,7 +369,7 @@ def test_weight_rounding_is_checked():
 def test_calibration_keeps_its_statistics_rows_apart(tmp_path):
     """The rows written only for statistics (GPTQ's X^T X) come after the feeds the search runs
     and only when asked for; the texts and random rows before them are unchanged by them."""
-    from toolchain.export.optimize import read_calibration, write_calibration
+    from toolchain.export.calibration import read_calibration, write_calibration
     from toolchain.modeling import build_embedding_model
     from toolchain.probe_texts import CALIBRATION_TEXTS
 

@@ -12,8 +12,10 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from toolchain.errors import ToolchainError
-from toolchain.export.padding_exact import (MAX_EXACT_TOKENS, compact_to_right_padding,
-                                            gather_back_token_states, rewrite_padding_exact)
+from toolchain.export.padding_exact import rewrite_padding_exact
+from toolchain.export.padding_exact.compaction import (compact_to_right_padding,
+                                                       gather_back_token_states)
+from toolchain.export.padding_exact.emitter import MAX_EXACT_TOKENS
 
 HEADS, HEAD_DIM = 2, 32
 WIDTH = HEADS * HEAD_DIM

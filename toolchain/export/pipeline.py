@@ -3,9 +3,10 @@
 Artifact layout (written atomically: temp dir, verify, then rename):
     model.onnx (+ model.onnx.data over 2 GiB)   inputs input_ids/attention_mask, output
                                                 sentence_embedding
-    tokenizer/                                  HF tokenizer files (self-contained artifact)
+    tokenizer.json, config.json, modules.json,  a model directory consumers load (the contract
+    ... poolattn_onnx.py                        in tokenizer.json): toolchain/deploy/model_dir.py
     manifest.json                               contract, profile, parity figures, versions,
-                                                source, sha256 of every file
+                                                runtime needs, relative source, sha256 of every file
 """
 
 from __future__ import annotations
@@ -19,7 +20,11 @@ from toolchain.atomic import MANIFEST, atomic_dir, read_manifest, sha256_file, w
 from toolchain.errors import ToolchainError
 from toolchain.export.onnx_export import (DATA_FILE, INPUT_NAMES, MODEL_FILE, OPSET, OUTPUT_NAME,
                                           export_onnx)
-from toolchain.export.optimize import apply_profile, needs_calibration, write_calibration
+from toolchain.export.calibration import write_calibration
+from toolchain.export.transforms import apply_profile, needs_calibration
+from toolchain.deploy.model_dir import write_model_dir_files
+from toolchain.deploy.prompts import artifact_prompts
+from toolchain.deploy.runtime import runtime_facts
 from toolchain.export.profiles import Profile, load_profile
 
 FORMAT_VERSION = 1
@@ -49,8 +54,19 @@ def default_targets(model_dir: Path, profiles: Sequence[Profile], out: Path | No
     return [out / f"onnx-{p.name}" for p in profiles]
 
 
+def source_fields(model_dir: Path, target: Path, source_manifest: dict) -> dict:
+    """Where the artifact came from, as paths relative to the artifact (no machine's absolute
+    paths: a copied run resolves the same)."""
+    merge = source_manifest.get("merge", {})
+    run = merge.get("source_run")
+    return {"model_dir_relative": os.path.relpath(model_dir.resolve(), target.resolve()),
+            "model_manifest_sha256": sha256_file(model_dir / MANIFEST),
+            "run_relative": os.path.relpath(run, target.resolve()) if run else None,
+            "preset": merge.get("preset"), "merge_gate": merge.get("gate")}
+
+
 def artifact_fields(model, model_dir: Path, target: Path, profile: Profile, export_info: dict,
-                    transform: dict) -> dict:
+                    transform: dict, runtime: dict) -> dict:
     """Every manifest field except ``files`` and ``verify``."""
     from toolchain.modeling.model import manifest_header
 
@@ -64,18 +80,15 @@ def artifact_fields(model, model_dir: Path, target: Path, profile: Profile, expo
         "data_file": DATA_FILE if export_info["external_data"] else None,
         "input_names": INPUT_NAMES, "input_dtype": "int64", "output_names": [OUTPUT_NAME],
         "dynamic_axes": {name: {"0": "batch", "1": "sequence"} for name in INPUT_NAMES},
-        "opset": OPSET, "profile": profile.to_dict(), "session": profile.session,
+        "opset": runtime["opset_imports"].get("", OPSET), "runtime": runtime,
+        "profile": profile.to_dict(), "session": profile.session,
         "precomputed": export_info["precomputed"], "fusions": export_info["fusions"],
         "transform": {"name": transform["transform"], **transform["details"]},
         "graph_weight_bytes": export_info["graph_weight_bytes"],
         "timings_s": {"export": export_info["export_seconds"], "save": export_info["save_seconds"],
                       "transform": transform["seconds"]},
         "versions": library_versions(),
-        "model_dir": str(model_dir.resolve()),
-        "source": {"model_dir_relative": os.path.relpath(model_dir.resolve(), target.resolve()),
-                   "model_manifest_sha256": sha256_file(model_dir / MANIFEST),
-                   "run": source_manifest.get("merge", {}).get("source_run"),
-                   "merge_gate": source_manifest.get("merge", {}).get("gate")},
+        "source": source_fields(model_dir, target, source_manifest),
     }
 
 
@@ -109,6 +122,8 @@ def export_model_dir(model_dir: str | Path, profiles: Sequence[str] = ("fp32",),
         raise ToolchainError(f"profiles {[p.name for p in loaded]}: two write the same artifact "
                              f"directory; give each profile a distinct name")
     model = load_embedding_model(model_dir)
+    prompts = artifact_prompts(read_manifest(model_dir, verify=False).get("merge", {})
+                               .get("preset"))
     scratch_parent = targets[0].parent
     scratch_parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=".export-", dir=scratch_parent) as scratch:
@@ -124,8 +139,10 @@ def export_model_dir(model_dir: str | Path, profiles: Sequence[str] = ("fp32",),
             profile, target = loaded[index], targets[index]
             with atomic_dir(target) as tmp:
                 transform = apply_profile(Path(scratch), tmp, profile, info["external_data"])
-                model.tokenizer.tokenizer.save_pretrained(tmp / "tokenizer")
-                fields = artifact_fields(model, model_dir, target, profile, info, transform)
+                write_model_dir_files(tmp, model, prompts)
+                runtime = runtime_facts(tmp / MODEL_FILE, profile_targets(profile))
+                fields = artifact_fields(model, model_dir, target, profile, info, transform,
+                                         runtime)
                 write_manifest(tmp, fields)
                 report = verify_artifact(tmp, reference=model, threads=threads)
                 log(summary_line(target, report))
@@ -135,6 +152,11 @@ def export_model_dir(model_dir: str | Path, profiles: Sequence[str] = ("fp32",),
                 write_manifest(tmp, {**fields, "verify": report})
             done[index] = (target, report)
     return [done[i] for i in range(len(loaded))]
+
+
+def profile_targets(profile: Profile) -> list[str]:
+    """The onnxruntime versions a profile says it targets (``runtime_targets`` in its YAML)."""
+    return list(getattr(profile, "runtime_targets", None) or [])
 
 
 def _transform_order(profiles: Sequence[Profile]) -> list[int]:

@@ -1,8 +1,8 @@
 """Export profiles: data files export/<name>.yaml (fp32, int8, fp16), read and validated here.
 
-A profile names a precision (fp32 | fp16), a quantization (none | dynamic_int8 |
-blockwise_int8 | static_int8 | rowwise_int8), the ORT session settings used to run it, and the
-gates `verify` applies. The YAML files carry the documentation of each profile in their header
+A profile names a precision and a quantization (a pair some transform registers:
+toolchain/export/transforms/), the ORT session settings used to run it, and the gates `verify`
+applies. The YAML files carry the documentation of each profile in their header
 comments.
 """
 
@@ -11,13 +11,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
+from toolchain.errors import ToolchainError
+from toolchain.export.transforms import registered_pairs
+from toolchain.paths import project_root
 from toolchain.yamlfile import read_yaml_mapping
 
-from toolchain.errors import ToolchainError
-from toolchain.paths import project_root
-
-PRECISIONS = ("fp32", "fp16")
-QUANTIZATIONS = ("none", "dynamic_int8", "blockwise_int8", "static_int8", "rowwise_int8")
 OPT_LEVELS = ("disable", "basic", "extended", "all")
 
 
@@ -89,10 +87,15 @@ def load_profile(name_or_path: str | Path) -> Profile:
     if set(gates) - gate_names:
         raise ToolchainError(f"{path}: gates: unknown field(s) {sorted(set(gates) - gate_names)}")
     profile = Profile(**{"name": path.stem, **data}, gates=Gates(**gates), path=path)
-    _check_choice(profile.precision, PRECISIONS, f"{path}: precision")
-    _check_choice(profile.quantization, QUANTIZATIONS, f"{path}: quantization")
+    pairs = registered_pairs()
+    _check_choice(profile.precision, tuple(dict.fromkeys(p for p, _ in pairs)),
+                  f"{path}: precision")
+    _check_choice(profile.quantization, tuple(dict.fromkeys(q for _, q in pairs)),
+                  f"{path}: quantization")
     level = (profile.session or {}).get("graph_optimization_level", "all")
     _check_choice(level, OPT_LEVELS, f"{path}: session.graph_optimization_level")
-    if profile.precision == "fp16" and profile.quantization != "none":
-        raise ToolchainError(f"{path}: fp16 and int8 quantization do not combine")
+    if (profile.precision, profile.quantization) not in pairs:
+        raise ToolchainError(f"{path}: precision {profile.precision} does not combine with "
+                             f"quantization {profile.quantization}; transforms exist for "
+                             f"{', '.join(f'{p}+{q}' for p, q in pairs)}")
     return profile

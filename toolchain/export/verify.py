@@ -43,7 +43,7 @@ def probe_attention(model_path: Path, manifest: dict, tol: float) -> dict:
     """Observed attention mode of the graph at ``model_path`` (see module docstring)."""
     from toolchain.ort_session import ort_session
     from toolchain.export.onnx_export import PROBE_VALUE
-    from toolchain.export.optimize import with_probe_output
+    from toolchain.export.probe_output import with_probe_output
 
     proto = with_probe_output(model_path)
     rng = np.random.default_rng(0)

@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from toolchain.contract import source_model_dir
 from toolchain.embedder import Embedder
 from toolchain.errors import ToolchainError
 from toolchain.probe_texts import PROBE_TEXTS
@@ -21,6 +22,11 @@ def pair(request, tmp_path_factory):
     run = cached_export(tmp_path_factory, *request.param)
     return (Embedder.from_artifact(run / "onnx-fp32", provider="cpu", threads=1),
             Embedder.from_model_dir(run / "merged", threads=1))
+
+
+def run_of(embedder) -> Path:
+    """The run directory of an artifact Embedder (manifests hold relative paths only)."""
+    return source_model_dir(embedder.path, embedder.manifest).parent
 
 
 def test_onnx_and_torch_agree_on_texts(pair):
@@ -73,7 +79,7 @@ def test_bad_requests_are_clear_errors(pair):
     import onnxruntime
 
     onnx_emb, _ = pair
-    artifact = Path(onnx_emb.manifest["model_dir"]).parent / "onnx-fp32"
+    artifact = run_of(onnx_emb) / "onnx-fp32"
     with pytest.raises(ToolchainError, match="empty text list"):
         onnx_emb.encode([])
     with pytest.raises(ToolchainError, match="provider must be auto, cpu or cuda"):
@@ -88,7 +94,7 @@ def test_bad_requests_are_clear_errors(pair):
 
 def test_open_dispatches_on_the_manifest_kind(pair):
     onnx_emb, _ = pair
-    run = Path(onnx_emb.manifest["model_dir"]).parent
+    run = run_of(onnx_emb)
     opened = [Embedder.open(run / "onnx-fp32", provider="cpu", threads=1),
               Embedder.open(run / "merged", provider="cpu", threads=1)]
     assert [e.kind for e in opened] == ["onnx", "torch"]
@@ -116,7 +122,7 @@ def test_empty_string_embeds_as_eos_only_unless_refused(pair):
     np.testing.assert_allclose(batch[1], alone[0], atol=1e-5, rtol=0)
     np.testing.assert_allclose(np.linalg.norm(alone, axis=1), 1.0, atol=1e-5)
     np.testing.assert_allclose(torch_emb.encode([""]), alone, atol=1e-4, rtol=0)
-    run = Path(onnx_emb.manifest["model_dir"]).parent
+    run = run_of(onnx_emb)
     refusing = Embedder.open(run / "onnx-fp32", provider="cpu", threads=1, empty_texts="refuse")
     with pytest.raises(ToolchainError, match="text 1 is empty"):
         refusing.encode(["fine", ""])

@@ -32,7 +32,7 @@ def test_export_is_verified_and_self_describing(tmp_path_factory, preset, varian
     artifact = cached_export(tmp_path_factory, preset, variant) / "onnx-fp32"
     manifest = read_manifest(artifact)
     assert all(key in manifest for key in REQUIRED), set(REQUIRED) - set(manifest)
-    assert set(manifest["files"]) >= {"model.onnx", "tokenizer/tokenizer_config.json"}
+    assert set(manifest["files"]) >= {"model.onnx", "tokenizer.json", "tokenizer_config.json"}
     assert set(manifest["versions"]) >= {"torch", "transformers", "onnx", "onnxruntime"}
     report = manifest["verify"]
     assert report["passed"] and report["failures"] == []

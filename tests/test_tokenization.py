@@ -24,10 +24,59 @@ def test_eos_once_at_end_after_truncation(hf_tokenizer, max_length):
     assert len(tok.token_ids(long_text)) == max_length if max_length < 20 else True
 
 
-def test_eos_in_text_is_not_doubled(hf_tokenizer):
+def test_eos_in_text_is_a_token_of_the_text(hf_tokenizer):
+    """A literal EOS string is part of the text; the contract's EOS still closes it (the
+    contract is tokenizer.json, which cannot strip a trailing EOS, so neither does training)."""
     tok = TextTokenizer(hf_tokenizer, max_length=64)
-    ids = tok.token_ids("hello " + hf_tokenizer.eos_token)
-    assert ids[-1] == tok.eos_token_id and ids[-2] != tok.eos_token_id
+    plain = tok.token_ids("hello")
+    ids = tok.token_ids("hello" + hf_tokenizer.eos_token)
+    assert ids == plain[:-1] + [tok.eos_token_id, tok.eos_token_id]
+
+
+def test_same_ids_as_the_backbone_tokenizer_plus_eos(hf_tokenizer):
+    """The contract tokenizer is the backbone's own tokenizer, its leading special tokens kept,
+    EOS appended, truncation keeping EOS: nothing else changes."""
+    from toolchain.probe_texts import PROBE_TEXTS
+
+    for max_length in (5, 64):
+        tok = TextTokenizer(hf_tokenizer, max_length=max_length)
+        for text in PROBE_TEXTS + ["", "日本語 😀"]:
+            ids = list(hf_tokenizer(text, add_special_tokens=True)["input_ids"])
+            assert tok.token_ids(text) == ids[: max_length - 1] + [tok.eos_token_id], text
+
+
+@pytest.mark.parametrize("side", ["left", "right"])
+def test_saved_tokenizer_json_is_the_whole_contract(hf_tokenizer, side, tmp_path):
+    """Plain tokenizers on the saved file (what any consumer runs) gives the very batch the
+    toolchain feeds the graph, and the transformers loader reads max length and side."""
+    from tokenizers import Tokenizer
+    from transformers import AutoTokenizer
+
+    tok = TextTokenizer(hf_tokenizer, max_length=12, padding_side=side)
+    assert set(tok.save(tmp_path)) == {"tokenizer.json", "tokenizer_config.json",
+                                       "special_tokens_map.json"}
+    texts = ["", "short", "a text far longer than twelve tokens, " * 5, "end" + hf_tokenizer.eos_token]
+    ours = tok(texts)
+    plain = Tokenizer.from_file(str(tmp_path / "tokenizer.json")).encode_batch(texts)
+    assert [e.ids for e in plain] == ours["input_ids"].tolist()
+    assert [e.attention_mask for e in plain] == ours["attention_mask"].tolist()
+    reopened = TextTokenizer.from_file(tmp_path / "tokenizer.json")
+    assert (reopened.max_length, reopened.padding_side, reopened.eos_token_id,
+            reopened.pad_token_id) == (12, side, tok.eos_token_id, tok.pad_token_id)
+    loaded = AutoTokenizer.from_pretrained(str(tmp_path))
+    assert (loaded.model_max_length, loaded.padding_side) == (12, side)
+    assert loaded(texts, padding=True, truncation=True)["input_ids"] == ours["input_ids"].tolist()
+
+
+def test_a_file_without_the_contract_is_refused(tmp_path):
+    from toolchain.assets import fetch_asset
+
+    plain = fetch_asset("smollm2-tokenizer") / "tokenizer.json"
+    with pytest.raises(ToolchainError, match="not a contract tokenizer"):
+        TextTokenizer.from_file(plain)
+    (tmp_path / "tokenizer.json").write_text("{not json")
+    with pytest.raises(ToolchainError, match="cannot read tokenizer"):
+        TextTokenizer.from_file(tmp_path / "tokenizer.json")
 
 
 @pytest.mark.parametrize("side", ["left", "right"])

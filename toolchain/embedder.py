@@ -19,13 +19,14 @@ from toolchain.atomic import read_manifest
 from toolchain.contract import ManifestHeader
 from toolchain.errors import ToolchainError
 from toolchain.ort_session import ort_session, resolve_threads
-from toolchain.tokenization import EmptyTexts, TextTokenizer, check_empty_policy, check_texts
+from toolchain.tokenization import (TOKENIZER_FILE, EmptyTexts, TextTokenizer, check_empty_policy,
+                                    check_texts)
 
 ARTIFACT_KIND = "onnx_artifact"
 MODEL_DIR_KIND = "embedding_model"
 # Other PyTorch model-dir kinds -> "module:function(path, device, threads) -> Embedder"
 MODEL_DIR_OPENERS = {"sentence_encoder": "toolchain.peer:open_peer_embedder"}
-TOKENIZER_DIR = "tokenizer"
+LEGACY_TOKENIZER_DIR = "tokenizer"  # artifacts before the top-level tokenizer.json (issue 28)
 
 
 class Embedder:
@@ -37,6 +38,7 @@ class Embedder:
         manifest: the artifact's (or model dir's) manifest.
         provider: "cpu" or "cuda" (the device actually used).
         threads: intra-op threads.
+        path: the artifact or model directory it was opened from (None if built in memory).
     """
 
     def __init__(self, name: str, kind: str, manifest: dict, tokenizer: TextTokenizer,
@@ -46,6 +48,7 @@ class Embedder:
         self.tokenizer, self._runner = tokenizer, runner
         self.provider, self.threads = provider, threads
         self.empty_texts: EmptyTexts = "embed"
+        self.path: Path | None = None
 
     @classmethod
     def open(cls, path: str | Path, provider: str = "auto", threads: int | None = None,
@@ -66,6 +69,7 @@ class Embedder:
         else:
             embedder = cls.from_model_dir(path, device=_torch_device(provider), threads=threads)
         embedder.empty_texts = check_empty_policy(empty_texts)
+        embedder.path = Path(path)
         return embedder
 
     @classmethod
@@ -76,20 +80,13 @@ class Embedder:
         Raises:
             ToolchainError: tampered/missing files, not an ONNX artifact, provider problems.
         """
-        from toolchain.modeling.backbone import load_saved_tokenizer
-
         path = Path(path)
         manifest = read_manifest(path)
         if manifest.get("kind") != ARTIFACT_KIND:
             raise ToolchainError(f"{path}/manifest.json: kind {manifest.get('kind')!r} is not "
                                  f"{ARTIFACT_KIND!r}")
         header = ManifestHeader.read(manifest, path / "manifest.json")
-        hf = load_saved_tokenizer(path / TOKENIZER_DIR)
-        tokenizer = TextTokenizer(hf, header.max_length, header.padding_side)
-        for field in ("eos_token_id", "pad_token_id"):
-            if getattr(tokenizer, field) != getattr(header, field):
-                raise ToolchainError(f"{path}/{TOKENIZER_DIR}: {field} {getattr(tokenizer, field)} "
-                                     f"differs from the manifest's {getattr(header, field)}")
+        tokenizer = artifact_tokenizer(path, header)
         session, used = ort_session(path / manifest["model_file"], manifest.get("session"),
                                     provider, threads)
         output = manifest["output_names"][0]
@@ -100,7 +97,9 @@ class Embedder:
             return session.run([output], feeds)[0]
 
         name = f"{header.variant.name}-onnx-{manifest['profile']['name']}"
-        return cls(name, "onnx", manifest, tokenizer, run, used, resolve_threads(threads))
+        embedder = cls(name, "onnx", manifest, tokenizer, run, used, resolve_threads(threads))
+        embedder.path = path
+        return embedder
 
     @classmethod
     def from_model_dir(cls, path: str | Path, device: str = "cpu",
@@ -164,6 +163,31 @@ class Embedder:
                 out = np.empty((len(texts), emb.shape[1]), dtype=np.float32)
             out[rows] = emb
         return out
+
+
+def artifact_tokenizer(path: Path, header: ManifestHeader) -> TextTokenizer:
+    """The artifact's own top-level tokenizer.json, opened as a consumer opens it, checked
+    against the manifest's contract (max_length, padding side, EOS, pad).
+
+    Artifacts written before the contract moved into the file (a ``tokenizer/`` directory of HF
+    files) are read the old way: their tokenizer is rebuilt from the HF files.
+
+    Raises:
+        ToolchainError: a contract field of the file differs from the manifest's.
+    """
+    file = path / TOKENIZER_FILE
+    if not file.is_file() and (path / LEGACY_TOKENIZER_DIR).is_dir():
+        from toolchain.modeling.backbone import load_saved_tokenizer
+
+        hf = load_saved_tokenizer(path / LEGACY_TOKENIZER_DIR)
+        tokenizer = TextTokenizer(hf, header.max_length, header.padding_side)
+    else:
+        tokenizer = TextTokenizer.from_file(file)
+    for field in ("max_length", "padding_side", "eos_token_id", "pad_token_id"):
+        if getattr(tokenizer, field) != getattr(header, field):
+            raise ToolchainError(f"{file}: {field} {getattr(tokenizer, field)!r} differs from "
+                                 f"the manifest's {getattr(header, field)!r}")
+    return tokenizer
 
 
 def _torch_device(provider: str) -> str:

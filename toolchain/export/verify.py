@@ -7,7 +7,10 @@ Checks (gates come from the artifact's profile, stored in its manifest):
    other padding side and with extra padding (a "batch" is at most ``rows_per_call`` texts, so
    a head with a large per-text working set still fits in memory, see ACTIVATION_BUDGET_BYTES);
 3. no NaN/Inf, unit norm;
-4. the attention mode, probed on the shipped graph itself: the backbone's last-layer token
+4. the consumer with no project code: the artifact's own poolattn_onnx.py (plain tokenizers +
+   onnxruntime, both padding sides) reproduces the reference's token ids and the Embedder's
+   vectors on hard texts (toolchain/deploy/consumer_check.py);
+5. the attention mode, probed on the shipped graph itself: the backbone's last-layer token
    states (an internal value of model.onnx, re-exposed as an output in memory) for two rows
    that differ only in their last token, in one batch. Under causal attention the first real
    token cannot see the last one, so its state is bit-identical in both rows; under
@@ -26,6 +29,7 @@ import numpy as np
 
 from toolchain.atomic import sha256_file
 from toolchain.contract import Attention, source_model_dir
+from toolchain.deploy.consumer_check import consumer_gate
 from toolchain.export.profiles import Gates
 from toolchain.probe_texts import PROBE_TEXTS
 from toolchain.parity import compare, random_batch, repad
@@ -197,6 +201,8 @@ def verify_artifact(artifact: str | Path, model_dir: str | Path | None = None, r
     random_fig = checks.random_shapes()
     text_fig, batch_fig, pad_figs = checks.texts()
     finite, norm_dev = checks.finite_and_unit_norm()
+    consumer = consumer_gate(artifact, embedder, checks.reference, checks.gates, threads)
+    checks.failures += consumer.pop("failures")
     checks.embedder = embedder = None  # free the session before the probe loads the weights again
     probe = probe_attention(artifact / manifest["model_file"], manifest, checks.gates.probe_tol)
     if probe["observed"] != manifest["attention"]:
@@ -207,5 +213,5 @@ def verify_artifact(artifact: str | Path, model_dir: str | Path | None = None, r
             "profile": manifest["profile"]["name"], "parity_random_shapes": random_fig,
             "parity_texts": text_fig, "batch_invariance": batch_fig,
             "padding_invariance": pad_figs, "finite": finite, "unit_norm_max_deviation": norm_dev,
-            "attention_probe": probe, "gates": manifest["profile"]["gates"],
+            "attention_probe": probe, "consumer": consumer, "gates": manifest["profile"]["gates"],
             "rows_per_call": checks.rows_per_call}

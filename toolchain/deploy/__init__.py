@@ -1,0 +1,2 @@
+"""Deployable artifacts: the model-directory layout consumers load (sentence-transformers, TEI,
+Triton, plain onnxruntime), the shipped consumer code, prompts and runtime requirements."""

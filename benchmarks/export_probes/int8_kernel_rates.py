@@ -3,23 +3,20 @@
 activations and s8 weights (the VNNI path on CPUs that have it), with u8 weights (u8 x u8: no
 int16 saturation without VNNI), and a plain fp32 MatMul; interleaved, median of the rounds.
 
-    .venv/bin/python benchmarks/export_large/int8_kernel_rates.py --m 1024 --k 576 --n 1536 \
+    .venv/bin/python benchmarks/export_probes/int8_kernel_rates.py --m 1024 --k 576 --n 1536 \
         --threads 1
 """
 
 from __future__ import annotations
 
 import argparse
-import sys
-from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
 from onnx import TensorProto, helper, numpy_helper
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-from toolchain.bench.latency import time_interleaved  # noqa: E402
-from toolchain.cpu import recorded_flags  # noqa: E402
+from toolchain.bench.latency import time_interleaved
+from toolchain.cpu import recorded_flags
 
 
 def int8_graph(m: int, k: int, n: int, unsigned_weights: bool, rng) -> bytes:

@@ -1,6 +1,6 @@
 #!/usr/bin/env python
 """Which ONNX Runtime sums over tokens are bit-exact under padding: the measurements behind
-toolchain/export/padding_exact.py.
+toolchain/export/padding_exact/.
 
 For a MatMul (1, 9, L, L+pad) x (1, 9, L+pad, N) whose padded K entries are exact zeros in A,
 is each output bit-identical to the unpadded product, with the padding on the left or the
@@ -8,8 +8,10 @@ right of K? Printed per output width N: the lengths L (pads 1, 5, 37) where it i
 same for x^T @ ones (the Transpose that ORT fuses into FusedMatMul at ORT_ENABLE_ALL) and for
 Exp at shifted positions.
 
-    .venv/bin/python benchmarks/export_large/padding_exact_sums.py
+    .venv/bin/python benchmarks/export_probes/padding_exact_sums.py
 """
+
+import argparse
 
 import numpy as np
 import onnxruntime as ort
@@ -88,6 +90,7 @@ def exp_positions(rng) -> None:
 
 
 if __name__ == "__main__":
+    argparse.ArgumentParser(description=__doc__.splitlines()[0]).parse_args()
     print(f"onnxruntime {ort.__version__}, 2 threads")
     generator = np.random.default_rng(0)
     matmul_widths(generator)

@@ -3,7 +3,7 @@
 the weight multiply-adds per token: with int8 products k times faster than fp32, the graph can
 be at most 1 / (share + (1 - share) / k) times faster than its fp32 twin (Amdahl).
 
-    .venv/bin/python benchmarks/export_large/int8_fp32_share.py runs/smollm2-135m-study/m*/onnx-int8
+    .venv/bin/python benchmarks/export_probes/int8_fp32_share.py runs/smollm2-135m-study/m*/onnx-int8
 
 Per layer, the letters name the projections still fp32: q k v o g(ate) u(p) d(own).
 """

@@ -4,7 +4,7 @@ activations with MinMax scales calibrated on every other probe text, judged on a
 the fp32 artifact, and each text alone vs in the batch). ``nodown`` keeps the MLP down
 projections (K = intermediate size, where real decoders' activation outliers sit) in fp32.
 
-    .venv/bin/python benchmarks/export_large/int8_static.py /tmp/i13/smol/m5/onnx-fp32 nodown
+    .venv/bin/python benchmarks/export_probes/int8_static.py /tmp/i13/smol/m5/onnx-fp32 nodown
     # -> /tmp/i13/smol/m5/static_nodown/model.onnx (time it with ort_op_profile.py)
 """
 

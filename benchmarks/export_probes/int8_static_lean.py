@@ -6,45 +6,44 @@ SmoothQuant and fp32 outlier channels as in the row-wise profile, padding-exact 
 bare graph (speed: ort_op_profile.py) and prints its worst and median cosine to the fp32 graph
 on the calibration feeds and on held-out random-id rows.
 
-    .venv/bin/python benchmarks/export_large/int8_static_lean.py \
+    .venv/bin/python benchmarks/export_probes/int8_static_lean.py \
         runs/smollm2-135m-study/m3/onnx-fp32 /tmp/static-m3 --outliers 8
 """
 
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "benchmarks" / "export_large"))
+from toolchain.export.padding_exact import rewrite_padding_exact
+from toolchain.export.rowwise_int8.gptq import quantise_columns
+from toolchain.export.rowwise_int8.graph_edit import GraphEdit
+from toolchain.export.rowwise_int8.rewrite import weight_matmul_groups
+from toolchain.export.rowwise_int8.smoothing import plan_input, smoothed_input
+from toolchain.export.rowwise_int8.statistics import channel_absmax
 
-from int8_accuracy import embeddings  # noqa: E402
-from int8_settings_probe import calibration_and_held_out  # noqa: E402
-from toolchain.export import rowwise_int8 as rowwise  # noqa: E402
-from toolchain.export.padding_exact import rewrite_padding_exact  # noqa: E402
+from probe_common import calibration_and_held_out, embeddings
 
 
 def rewrite_static(model, absmax: dict, outliers: int, weight_qmax: int, alpha: float) -> None:
     from onnx import numpy_helper
 
-    groups = rowwise.weight_matmul_groups(model, set())
-    g = rowwise._Graph(model)
+    groups = weight_matmul_groups(model, set())
+    g = GraphEdit(model)
     zero_point = g.const("st_zero_point", np.array(128, np.uint8))
     replacement: dict[str, list] = {}
     for index, (x, nodes) in enumerate(groups.items()):
         p, out = f"st{index}_", []
         mats = [numpy_helper.to_array(g.existing[n.input[1]]).astype(np.float32) for n in nodes]
-        input_scale, packed, channels, exact = rowwise._plan(x, mats, absmax[x], alpha, outliers)
-        source, _ = rowwise.smoothed_input(g, out, p, x, input_scale, len(nodes))
+        input_scale, packed, channels, exact = plan_input(x, mats, absmax[x], alpha, outliers)
+        source, _ = smoothed_input(g, out, p, x, input_scale, len(nodes))
         # the calibrated max |x| after smoothing (outlier channels shrunk), per tensor
         scale = g.const(p + "a_scale", np.array((absmax[x] * input_scale).max() / 127,
                                                 np.float32))
         quantised = g.node(out, "QuantizeLinear", [source, scale, zero_point], p + "xq")
-        quant, column_scale = rowwise.quantise_columns(packed, weight_qmax)
+        quant, column_scale = quantise_columns(packed, weight_qmax)
         picked = (g.node(out, "Gather", [source, g.const(p + "channels", channels)], p + "picked",
                          axis=-1) if len(channels) else None)
         bounds = np.cumsum([0] + [m.shape[1] for m in mats])
@@ -79,8 +78,8 @@ def main() -> None:
     feeds, held = calibration_and_held_out(args.artifact)
     model = onnx.load(str(args.artifact / "model.onnx"))
     rewrite_padding_exact(model)
-    absmax = rowwise.channel_absmax(args.artifact / "model.onnx", feeds,
-                                    list(rowwise.weight_matmul_groups(model, set())))
+    absmax = channel_absmax(args.artifact / "model.onnx", feeds,
+                                    list(weight_matmul_groups(model, set())))
     rewrite_static(model, absmax, args.outliers, args.weight_qmax, args.alpha)
     args.out.mkdir(parents=True, exist_ok=True)
     onnx.save(model, str(args.out / "model.onnx"))

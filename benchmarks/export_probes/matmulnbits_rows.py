@@ -4,9 +4,10 @@ row-invariant? One node, a (B, T, 576) x (576, 1536) weight, quantised by the pr
 transform: every row alone, with its batch, and behind 5 zero rows of padding must give the same
 output bit for bit (prints max |diff|; 0 means invariant).
 
-    .venv/bin/python benchmarks/export_large/matmulnbits_rows.py
+    .venv/bin/python benchmarks/export_probes/matmulnbits_rows.py
 """
 
+import argparse
 import tempfile
 from pathlib import Path
 
@@ -15,8 +16,8 @@ import onnx
 import onnxruntime as ort
 from onnx import TensorProto, helper, numpy_helper
 
-from toolchain.export.optimize import apply_profile
 from toolchain.export.profiles import load_profile
+from toolchain.export.transforms import apply_profile
 
 K, N = 576, 1536  # SmolLM2's hidden size and its fused q/k/v-sized outputs
 
@@ -49,4 +50,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
+    argparse.ArgumentParser(description=__doc__.splitlines()[0]).parse_args()
     main()

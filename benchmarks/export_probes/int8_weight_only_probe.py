@@ -7,7 +7,7 @@ channels. Printed: the worst cosine to fp32 over the calibration feeds, and over
 random-id rows (the settings probe's 24, plus 24 more, half of them 1-8 tokens long), their 10th
 percentile and median, and how many rows fall below verify's 0.99.
 
-    .venv/bin/python benchmarks/export_large/int8_weight_only_probe.py \
+    .venv/bin/python benchmarks/export_probes/int8_weight_only_probe.py \
         runs/smollm2-135m-study/m5/onnx-fp32 --layers 12
 """
 
@@ -15,19 +15,21 @@ from __future__ import annotations
 
 import argparse
 import copy
-import sys
 from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+from toolchain.atomic import read_manifest
+from toolchain.export.onnx_export import MODEL_FILE, OUTPUT_NAME
+from toolchain.export.rowwise_int8.fp32_search import calibration_embedder, path_masks
+from toolchain.export.rowwise_int8.gptq import gptq_columns
+from toolchain.export.rowwise_int8.rewrite import (FALLBACK_MASK, calibration_paths,
+                                                   rewrite_rowwise_int8, weight_matmul_groups)
+from toolchain.export.rowwise_int8.smoothing import plan_input
+from toolchain.export.rowwise_int8.statistics import channel_statistics, in_memory_session
 
-from int8_settings_probe import calibration_sets  # noqa: E402
-from toolchain.atomic import read_manifest  # noqa: E402
-from toolchain.export import rowwise_int8 as rowwise  # noqa: E402
-from toolchain.export.onnx_export import MODEL_FILE, OUTPUT_NAME  # noqa: E402
+from probe_common import calibration_sets
+
 
 GROUPS_PER_LAYER = 4  # q/k/v, o, gate/up, down: the groups of one decoder layer, in graph order
 
@@ -48,8 +50,8 @@ def weight_rounding_only(model, groups: dict, absmax: dict, gram: dict, count: i
     weights = {i.name: i for i in model.graph.initializer}
     for x, nodes in list(groups.items())[:count]:
         mats = [numpy_helper.to_array(weights[n.input[1]]).astype(np.float32) for n in nodes]
-        input_scale, packed, channels, _ = rowwise._plan(x, mats, absmax[x], alpha, outliers)
-        quant, column_scale = rowwise.gptq_columns(
+        input_scale, packed, channels, _ = plan_input(x, mats, absmax[x], alpha, outliers)
+        quant, column_scale = gptq_columns(
             packed, gram[x] * np.outer(input_scale, input_scale), weight_qmax)
         rounded = quant.astype(np.float32) * column_scale * input_scale[:, None]
         rounded[channels] = np.concatenate(mats, axis=1)[channels]  # exact in the profile
@@ -73,8 +75,8 @@ def main() -> None:
     held += more_held_out(manifest["vocab_size"], manifest["max_length"])
     rows = feeds + held
     base = onnx.load(str(args.artifact / MODEL_FILE))
-    groups = rowwise.weight_matmul_groups(base, set())
-    absmax, gram = rowwise.channel_statistics(args.artifact / MODEL_FILE, feeds, list(groups),
+    groups = weight_matmul_groups(base, set())
+    absmax, gram = channel_statistics(args.artifact / MODEL_FILE, feeds, list(groups),
                                               statistics[len(feeds):])
     count = GROUPS_PER_LAYER * args.layers
 
@@ -87,23 +89,23 @@ def main() -> None:
               f"{len(rows)}", flush=True)
 
     def plain_embed(model) -> np.ndarray:
-        session = rowwise.in_memory_session(model, None)
+        session = in_memory_session(model, None)
         out = np.concatenate([session.run([OUTPUT_NAME], row)[0] for row in rows])
         return out / np.linalg.norm(out, axis=1, keepdims=True)
 
     reference = plain_embed(copy.deepcopy(base))
     rounded = copy.deepcopy(base)
-    weight_rounding_only(rounded, rowwise.weight_matmul_groups(rounded, set()), absmax, gram,
+    weight_rounding_only(rounded, weight_matmul_groups(rounded, set()), absmax, gram,
                          count, args.alpha, args.outliers, 63)
     report(f"weight rounding only, first {args.layers} layers", plain_embed(rounded), reference)
-    rowwise.rewrite_rowwise_int8(base, groups, 63, absmax, args.alpha, args.outliers,
-                                 rowwise.FALLBACK_MASK, gram=gram)
-    paths = len(rowwise.calibration_paths(args.outliers))
-    embed = rowwise._embedder(base, rows)
+    rewrite_rowwise_int8(base, groups, 63, absmax, args.alpha, args.outliers,
+                                 FALLBACK_MASK, gram=gram)
+    paths = len(calibration_paths(args.outliers))
+    embed = calibration_embedder(base, rows)
     for path, label in ((0, "int8"), (1, "int8 with outlier channels")):
         choice = np.full(len(groups), paths - 1)
         choice[:count] = path
-        report(f"{label}, first {args.layers} layers", embed(rowwise.path_masks(choice, paths)),
+        report(f"{label}, first {args.layers} layers", embed(path_masks(choice, paths)),
                reference)
 
 

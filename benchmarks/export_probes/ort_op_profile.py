@@ -2,7 +2,7 @@
 """Wall time per run and ONNX Runtime kernel time per op type of exported artifacts, one batch
 shape, via ORT's own profiler (e.g. a fused graph against the graph as exported).
 
-    .venv/bin/python benchmarks/export_large/ort_op_profile.py A/onnx-fp32 B/onnx-fp32 \
+    .venv/bin/python benchmarks/export_probes/ort_op_profile.py A/onnx-fp32 B/onnx-fp32 \
         --batch 1 --seq 32 --threads 1
 """
 

@@ -3,30 +3,19 @@
 on held-out random-id rows (int8_settings_probe.py's), for bare graphs that verify never saw
 (int8_rebuild.py's ablations).
 
-    .venv/bin/python benchmarks/export_large/int8_accuracy.py runs/smollm2-135m-study/m3/onnx-fp32 \
+    .venv/bin/python benchmarks/export_probes/int8_accuracy.py runs/smollm2-135m-study/m3/onnx-fp32 \
         /tmp/m3-no-outliers
 """
 
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from int8_settings_probe import calibration_and_held_out  # noqa: E402
-from toolchain.ort_session import ort_session  # noqa: E402
-
-
-def embeddings(graph: Path, rows: list[dict]) -> np.ndarray:
-    session = ort_session(graph / "model.onnx", None, "cpu", 2)[0]
-    out = np.concatenate([session.run(None, row)[0] for row in rows])
-    return out / np.linalg.norm(out, axis=1, keepdims=True)
+from probe_common import calibration_and_held_out, embeddings
 
 
 def main() -> None:

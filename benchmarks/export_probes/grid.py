@@ -8,7 +8,7 @@ shared machine hits every contender alike. The limit is ONNX Runtime's best fp32
 MatMul graphs (toolchain.bench.latency.ort_matmul_limit), measured before and after the timing.
 Achieved GFLOP/s = analytic FLOPs of the model (backbone + head) / p50.
 
-    .venv/bin/python benchmarks/export_large/grid.py \
+    .venv/bin/python benchmarks/export_probes/grid.py \
         --group smollm2-m5=runs/smollm2-135m-study/m5/onnx-fp32,/tmp/m5/onnx-fp32-fused \
         --group tiny-m5=runs/tiny-mistral/m5/onnx-fp32,runs/tiny-mistral/m5/onnx-int8 \
         --grid 1x32,8x128,2x512,8x512 --threads 2 --out benchmarks/results/export_grid.json
@@ -28,13 +28,13 @@ from pathlib import Path
 # Measured cost: at tiny shapes this slows eager torch ~3x (tiny m1 8x128: 28.4 ms here, 9.5 ms
 # in `make bench`), so compare tiny models' eager rows with `poolattn bench`'s, not these.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT))
 
-from toolchain.bench.artifacts import inspect_artifact, open_artifact, torch_source  # noqa: E402
-from toolchain.bench.latency import (machine_info, make_inputs, ort_matmul_limit,  # noqa: E402
+from toolchain.bench.artifacts import inspect_artifact, open_artifact, torch_source
+from toolchain.bench.latency import (machine_info, make_inputs, ort_matmul_limit,
                                      parse_grid, percentiles, time_interleaved)
-from toolchain.bench.pipeline import source_macs  # noqa: E402
+from toolchain.bench.pipeline import source_macs
+
+from probe_common import GraphRunner
 
 
 def label_of(path: Path) -> str:
@@ -43,20 +43,6 @@ def label_of(path: Path) -> str:
         return "eager"
     fused = "fused" if manifest.get("fusions") else "as exported"
     return f"{manifest['profile']['name']} ({fused})"
-
-
-class GraphRunner:
-    """An ONNX graph on ORT's CPU provider with the artifacts' session settings, its pool's
-    threads not spinning between runs; also bare graphs (verify refused them: speed only)."""
-
-    def __init__(self, path: Path, threads: int) -> None:
-        from toolchain.ort_session import ort_session
-
-        self.session, _ = ort_session(path, None, "cpu", threads,
-                                      config={"session.intra_op.allow_spinning": "0"})
-
-    def run(self, input_ids, attention_mask):
-        return self.session.run(None, {"input_ids": input_ids, "attention_mask": attention_mask})
 
 
 def time_group(paths: list[Path], shapes, threads: int, warmup: int, repeats: int) -> list[dict]:

@@ -6,25 +6,24 @@ rewritten padding-exact instead of the tokens compacted (--compact-tokens no), o
 padding-exact sums at all. A bare graph (no verify, no manifest): time it with
 time_one_shape.py, compare it with int8_accuracy.py.
 
-    .venv/bin/python benchmarks/export_large/int8_rebuild.py runs/smollm2-135m-study/m3/onnx-fp32 \
+    .venv/bin/python benchmarks/export_probes/int8_rebuild.py runs/smollm2-135m-study/m3/onnx-fp32 \
         runs/smollm2-135m-study/m3/onnx-int8 /tmp/m3-no-outliers --outliers 0
 """
 
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+from toolchain.atomic import read_manifest
+from toolchain.export.onnx_export import MODEL_FILE
+from toolchain.export.padding_exact import rewrite_padding_exact
+from toolchain.export.rowwise_int8.rewrite import rewrite_rowwise_int8, weight_matmul_groups
+from toolchain.export.rowwise_int8.settings import RowwiseSettings
+from toolchain.export.rowwise_int8.statistics import channel_statistics
 
-from int8_settings_probe import calibration_sets  # noqa: E402
-from toolchain.atomic import read_manifest  # noqa: E402
-from toolchain.export import rowwise_int8 as rowwise  # noqa: E402
-from toolchain.export.onnx_export import MODEL_FILE  # noqa: E402
-from toolchain.export.padding_exact import rewrite_padding_exact  # noqa: E402
+from probe_common import calibration_sets
+
 
 def main() -> None:
     import onnx
@@ -42,16 +41,16 @@ def main() -> None:
     args = p.parse_args()
     manifest = read_manifest(args.int8)  # once: it checks every file's sha256
     details = manifest["transform"]
-    settings = rowwise.RowwiseSettings.parse(manifest["profile"].get("quantize"), args.int8)
+    settings = RowwiseSettings.parse(manifest["profile"].get("quantize"), args.int8)
     feeds, statistics, _ = calibration_sets(args.fp32)
     model = onnx.load(str(args.fp32 / MODEL_FILE))
     if not args.no_padding_exact:
         compact = (settings.compact_tokens if args.compact_tokens is None
                    else args.compact_tokens == "yes")
         print(rewrite_padding_exact(model, compact_tokens=compact))
-    groups = rowwise.weight_matmul_groups(model, set(details["kept_fp32"]))
+    groups = weight_matmul_groups(model, set(details["kept_fp32"]))
     # with GPTQ, the same X^T X as the export's: over its calibration rows, from the fp32 graph
-    absmax, gram = rowwise.channel_statistics(args.fp32 / MODEL_FILE, feeds, list(groups),
+    absmax, gram = channel_statistics(args.fp32 / MODEL_FILE, feeds, list(groups),
                                               statistics[len(feeds):] if settings.gptq else None)
     outliers = settings.outliers
     # the artifact's groups with outlier channels: those with a Gather of picked channels (its
@@ -61,7 +60,7 @@ def main() -> None:
     plain = frozenset(x for i, x in enumerate(groups) if f"rw{i}_picked" not in built)
     if args.outliers is not None:
         outliers, plain = args.outliers, frozenset()
-    counts = rowwise.rewrite_rowwise_int8(model, groups, settings.weight_qmax, absmax,
+    counts = rewrite_rowwise_int8(model, groups, settings.weight_qmax, absmax,
                                           settings.alpha, outliers, plain=plain, gram=gram)
     args.out.mkdir(parents=True, exist_ok=True)
     onnx.save(model, str(args.out / MODEL_FILE))

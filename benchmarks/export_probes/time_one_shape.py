@@ -4,24 +4,20 @@ graph once), as ratios to the first: a quick A/B for graph-level changes. Plain 
 profiler (ort_op_profile.py) is for where the time goes, not for wall time (with profiling on,
 the same graph read 676 and 1000 ms a run in one process, SmolLM2 m3 int8 at 8x128).
 
-    .venv/bin/python benchmarks/export_large/time_one_shape.py runs/smollm2-135m-study/m3/onnx-fp32 \
+    .venv/bin/python benchmarks/export_probes/time_one_shape.py runs/smollm2-135m-study/m3/onnx-fp32 \
         runs/smollm2-135m-study/m3/onnx-int8 --batch 8 --seq 128 --rounds 15
 """
 
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+from toolchain.bench.latency import time_interleaved
 
-from grid import GraphRunner  # noqa: E402  (idle pools not spinning)
-from toolchain.bench.latency import time_interleaved  # noqa: E402
+from probe_common import GraphRunner
 
 
 def main() -> None:

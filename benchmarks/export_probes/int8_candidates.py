@@ -3,11 +3,11 @@
 grid.py: MatMulNBits 8-bit in blocks of 128 (int8 compute) and ORT dynamic int8 (per-channel
 weights), and any export profile named with --profile (calibrated ones calibrate on the export's
 own feeds, tokenised with the source model's tokenizer), each built by the export's own
-registered transform (toolchain.export.optimize). Bare graphs: not verified, for speed only.
+registered transform (toolchain/export/transforms/). Bare graphs: not verified, for speed only.
 
-    .venv/bin/python benchmarks/export_large/int8_candidates.py /tmp/i13/smol/m5/onnx-fp32 \
-        --profile export/int8-rowwise.yaml
-    # -> /tmp/i13/smol/m5/{nbits128,dyn,int8-rowwise}/model.onnx (+ details.json)
+    .venv/bin/python benchmarks/export_probes/int8_candidates.py /tmp/i13/smol/m5/onnx-fp32 \
+        --profile export/int8.yaml
+    # -> /tmp/i13/smol/m5/{nbits128,dyn,int8}/model.onnx (+ details.json)
 """
 
 import argparse
@@ -18,8 +18,9 @@ from pathlib import Path
 from toolchain.atomic import read_manifest
 from toolchain.contract import source_model_dir
 from toolchain.export.onnx_export import MODEL_FILE
-from toolchain.export.optimize import apply_profile, needs_calibration, write_calibration
 from toolchain.export.profiles import Profile, load_profile
+from toolchain.export.calibration import write_calibration
+from toolchain.export.transforms import apply_profile, needs_calibration
 
 CANDIDATES = [
     Profile("nbits128", quantization="blockwise_int8",

@@ -9,7 +9,7 @@ Rounds are interleaved. With one intra-op thread ORT computes on the calling thr
 thread's CPU time per run (cpu_ms) measures the graph's work even on a shared, busy machine;
 wall-clock min/median are reported beside it.
 
-    .venv/bin/python benchmarks/export_large/graph_optimisation.py \
+    .venv/bin/python benchmarks/export_probes/graph_optimisation.py \
         [--variants m3 m5] [--out benchmarks/results/export_graph_optimisation.json]
 """
 
@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 import tempfile
 import time
 import warnings
@@ -27,7 +26,6 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT))
 LEVELS = ("disable", "basic", "extended", "all")
 
 
@@ -86,7 +84,7 @@ def main() -> None:
     rng = np.random.default_rng(0)
     feeds = {"input_ids": rng.integers(3, 30000, (8, 128)),
              "attention_mask": np.ones((8, 128), np.int64)}
-    results = {"command": "python benchmarks/export_large/graph_optimisation.py",
+    results = {"command": "python benchmarks/export_probes/graph_optimisation.py",
                "threads": args.threads, "batch": "8x128", "cpus": os.cpu_count(), "variants": {}}
     with tempfile.TemporaryDirectory() as scratch:
         scratch = Path(scratch)

@@ -15,7 +15,7 @@ from pathlib import Path
 
 # default-domain opset -> first onnxruntime release implementing it (ORT docs/Versioning.md)
 OPSET_RELEASES = {17: "1.13", 18: "1.14", 19: "1.15", 20: "1.17", 21: "1.18", 22: "1.20",
-                  23: "1.22"}
+                  23: "1.23"}
 # (domain, op) -> first release with a CPU kernel for it, where later than its opset's release
 OP_RELEASES = {("", "Attention"): "1.23"}
 

@@ -126,19 +126,14 @@ def export_model_dir(model_dir: str | Path, profiles: Sequence[str] = ("fp32",),
                                .get("preset"))
     scratch_parent = targets[0].parent
     scratch_parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix=".export-", dir=scratch_parent) as scratch:
-        info = export_onnx(model, Path(scratch), fuse=fuse)
-        if any(needs_calibration(p) for p in loaded):
-            write_calibration(Path(scratch), model.tokenizer, model.backbone.config.vocab_size)
-        log(f"exported {model.variant.name} in {info['export_seconds']} s "
-            f"({info['graph_weight_bytes'] / 2**20:.1f} MiB of weights, external data "
-            f"{info['external_data']}); "
-            f"precomputed constant saves {info['precomputed']['flops_per_text']:,} FLOPs per text")
+    with tempfile.TemporaryDirectory(prefix=".export-", dir=scratch_parent) as scratch_root:
+        scratches = export_scratches(model, Path(scratch_root), loaded, fuse, log)
         done = {}
         for index in _transform_order(loaded):
             profile, target = loaded[index], targets[index]
+            scratch, info = scratches[fuse and profile.fuse]
             with atomic_dir(target) as tmp:
-                transform = apply_profile(Path(scratch), tmp, profile, info["external_data"])
+                transform = apply_profile(scratch, tmp, profile, info["external_data"])
                 write_model_dir_files(tmp, model, prompts)
                 runtime = runtime_facts(tmp / MODEL_FILE, profile_targets(profile))
                 fields = artifact_fields(model, model_dir, target, profile, info, transform,
@@ -156,7 +151,28 @@ def export_model_dir(model_dir: str | Path, profiles: Sequence[str] = ("fp32",),
 
 def profile_targets(profile: Profile) -> list[str]:
     """The onnxruntime versions a profile says it targets (``runtime_targets`` in its YAML)."""
-    return list(getattr(profile, "runtime_targets", None) or [])
+    return [str(v) for v in profile.runtime_targets or []]
+
+
+def export_scratches(model, root: Path, profiles: Sequence[Profile], fuse: bool,
+                     log) -> dict[bool, tuple[Path, dict]]:
+    """One exported graph per fusion setting the profiles need (``fuse`` and each profile's
+    own ``fuse``: the portable profile takes the graph as exported), each with calibration
+    feeds when one of its profiles needs them -> {fused: (scratch dir, export facts)}."""
+    scratches = {}
+    for fused in sorted({fuse and p.fuse for p in profiles}, reverse=True):
+        users = [p for p in profiles if (fuse and p.fuse) == fused]
+        scratch = root / ("fused" if fused else "unfused")
+        scratch.mkdir()
+        info = export_onnx(model, scratch, fuse=fused)
+        if any(needs_calibration(p) for p in users):
+            write_calibration(scratch, model.tokenizer, model.backbone.config.vocab_size)
+        log(f"exported {model.variant.name} in {info['export_seconds']} s "
+            f"({info['graph_weight_bytes'] / 2**20:.1f} MiB of weights, external data "
+            f"{info['external_data']}, fused {fused}); precomputed constant saves "
+            f"{info['precomputed']['flops_per_text']:,} FLOPs per text")
+        scratches[fused] = (scratch, info)
+    return scratches
 
 
 def _transform_order(profiles: Sequence[Profile]) -> list[int]:

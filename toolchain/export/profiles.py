@@ -43,6 +43,11 @@ class Profile:
     fp16: dict = field(default_factory=dict)
     session: dict = field(default_factory=lambda: {"graph_optimization_level": "all"})
     gates: Gates = field(default_factory=Gates)
+    # false: the graph as exported (opset 18, no com.microsoft fusions) for older runtimes
+    fuse: bool = True
+    # onnxruntime versions the graph is proven on (benchmarks/deploy/old_ort.py); the manifest
+    # records them beside the oldest release its opsets need
+    runtime_targets: list = field(default_factory=list)
     path: Path | None = None
 
     def to_dict(self) -> dict:

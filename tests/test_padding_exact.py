@@ -1,7 +1,7 @@
 """Padding-exact sums over tokens (toolchain.export.padding_exact, issue 13): each rewrite
 computes what it replaces, and a text's results come out bit-identical alone and padded on
 either side, beyond the 128 and 256 tokens where MLAS's K blocks of a wider product would split
-differently under left padding (benchmarks/export_large/padding_exact_sums.py)."""
+differently under left padding (benchmarks/export_probes/padding_exact_sums.py)."""
 
 from __future__ import annotations
 

@@ -17,7 +17,8 @@ def write_calibration(directory: Path, tokenizer, vocab_size: int, random_rows: 
     hold inputs far from everyday prose (code, rare scripts, junk), where clipped outliers would
     otherwise cost the most. Their lengths spread geometrically from 1 token to max_length, as
     verify's random shapes run from 1 token (the rows were 8, of 8 to 64 tokens, until the int8
-    profile's calibration was measured to generalise poorly: export/int8.yaml). Then
+    profile's calibration was measured to generalise poorly: benchmarks/results/history/
+    export_fusion_measurements.md, "the study's trained soups"). Then
     ``statistics_rows`` more random-id rows of uniform lengths, for statistics that need more
     tokens than the feeds a search runs over and over (the int8 profile's GPTQ rounding)."""
     import numpy as np

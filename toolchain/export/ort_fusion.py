@@ -17,7 +17,8 @@ runs with two corrections, both found on the exported Llama-family graphs:
   v of their own (fewer) heads, and all three by token (B, S, heads * d): the repeat and the
   transposes go, the rotary embedding of k runs on (B, S, kv heads * d). The same outputs, bit
   for bit, on SmolLM2; 1.06x the graph's speed at 8x128 and 1.02-1.03x at 8x512
-  (benchmarks/results/export_fusion.md, seventh measurement).
+  (benchmarks/results/export_grid_onnx_attention.json; benchmarks/results/history/
+  export_fusion_measurements.md, "attention over k and v of their own heads").
 """
 
 from __future__ import annotations

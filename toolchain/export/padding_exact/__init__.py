@@ -5,7 +5,8 @@ Why: ORT's MultiHeadAttention (the fusion of the exported SDPA) and Softmax norm
 softmax, whose vectorised sum assigns keys to accumulators by position, and ReduceSum (a masked
 mean over tokens) does the same: extra padding moves their results by ~1e-7. fp32 does not care,
 but an int8 graph does: such a change flips an activation's rounding now and then, and a trained
-model amplifies the flips (SmolLM2 m5, row-wise int8: padding invariance 0.99901, export/int8.yaml).
+model amplifies the flips (SmolLM2 m5, row-wise int8: padding invariance 0.99901,
+benchmarks/results/history/export_fusion_measurements.md, "the study's trained soups").
 
 What makes a sum exact: a padded token enters it as an exact 0 (attention weight exp(-3.4e38 -
 max) = 0, mask 0), and 0 * v + acc is acc, so a sum that is one sequential chain over the tokens
@@ -13,11 +14,11 @@ cannot change. MLAS's SGEMM computes each output as one chain over K, but cuts K
 (summed separately, then added) whose size depends on the output width N: 1024 tokens for
 N <= 16, 512 to N = 32, 256 to N = 64, 128 above; at N = 1 it takes a path that is not a chain
 at all; and a Transpose that ORT fuses into the MatMul (FusedMatMul, A transposed) splits at
-128 even at N = 16 (measured: benchmarks/export_large/padding_exact_sums.py, results in
-benchmarks/results/export_fusion.md). So every sum over tokens becomes an unfused MatMul with
-K = tokens and N <= 16 (CHUNK_WIDTH): exact up to MAX_EXACT_TOKENS tokens, padding included
-(right padding is exact at any length: the blocks then start at the same token). Exp is
-elementwise and position-independent in ORT (same script).
+128 even at N = 16 (measured: benchmarks/export_probes/padding_exact_sums.py, results in
+benchmarks/results/history/export_fusion_measurements.md, "padding-exact sums"). So every sum
+over tokens becomes an unfused MatMul with K = tokens and N <= 16 (CHUNK_WIDTH): exact up to
+MAX_EXACT_TOKENS tokens, padding included (right padding is exact at any length: the blocks then
+start at the same token). Exp is elementwise and position-independent in ORT (same script).
 
 The rewrites (each counted in the returned dict):
 - attention: com.microsoft.MultiHeadAttention (q of shape (B, S, H*d), k and v of that shape or
@@ -43,9 +44,10 @@ one accumulator, in order, the tail masked into the same lanes (SoftmaxKernelAvx
 TransKernelFma3.S), so trailing padded keys add exact zeros. tests/test_padding_exact.py checks
 the property on the machine it runs on, and verify gates invariance at export. It costs a
 permutation of the ids instead of the rewritten attention's extra passes over (B, heads, T, S):
-SmolLM2 m3 int8 ran 1.17-1.20x faster at 8x128 (benchmarks/results/export_fusion.md, eighth
-measurement). The rewritten attention stays for MultiHeadAttention and for ``compact_tokens:
-false``: its exactness rests on MLAS's SGEMM blocking only, not on its softmax kernel.
+SmolLM2 m3 int8 ran 1.17-1.20x faster at 8x128 (benchmarks/results/history/
+export_fusion_measurements.md, "real tokens first"; grid: export_grid_compact_tokens.json). The
+rewritten attention stays for MultiHeadAttention and for ``compact_tokens: false``: its
+exactness rests on MLAS's SGEMM blocking only, not on its softmax kernel.
 """
 
 from __future__ import annotations

@@ -7,7 +7,7 @@ from __future__ import annotations
 import numpy as np
 
 CHUNK_WIDTH = 16
-MAX_EXACT_TOKENS = 1024  # MLAS's K block at N <= CHUNK_WIDTH (see the module docstring)
+MAX_EXACT_TOKENS = 1024  # MLAS's K block at N <= CHUNK_WIDTH (padding_exact/__init__.py)
 
 
 def chunk_width(head_dim: int) -> int | None:

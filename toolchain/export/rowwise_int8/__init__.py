@@ -33,10 +33,10 @@ CPUs without VNNI) cost more accuracy than 8-bit activations. Rounding each inpu
 weights in turn and spreading its error over the channels not yet rounded, weighted by the
 calibration rows' X^T X, moves the products several times less than rounding to nearest where
 activations are correlated (decoder activations are), at no run-time cost. On SmolLM2 m5 it cut
-the groups the search keeps fp32 from 68 to 43 (export/int8.yaml). What stays fp32 there is the
-first twelve layers of the bidirectional variants: weight rounding alone in those layers (fp32
-activations) already moves some random-id rows below cosine 0.99 (benchmarks/results/
-export_fusion.md, GPTQ rounding).
+the groups the search keeps fp32 from 68 to 43. What stays fp32 there is the first twelve layers
+of the bidirectional variants: weight rounding alone in those layers (fp32 activations) already
+moves some random-id rows below cosine 0.99 (both in benchmarks/results/history/
+export_fusion_measurements.md, "GPTQ rounding of the 7-bit weights").
 
 One module per concern: statistics.py (calibrated max |x| and X^T X), smoothing.py (scales,
 outlier channels, the fold into RMSNorms), gptq.py (weight rounding), graph_edit.py and

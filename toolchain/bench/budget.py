@@ -6,6 +6,7 @@ Sections (all optional)::
     head:      {max_added_ms: {BxT: ms}, max_added_pct: {BxT: percent}}   # over eos_last
     analytic:  {size: compact|paper, seq_len: N, max_head_pct: {shape-name: percent}}
     quality:   {min_score: {category: score}}    # mean main score per category, every model
+    load:      {max_p99_ms: {RATE: ms}}         # p99 under Poisson load at RATE requests/s
 
 ``check_budget`` returns violation rows; the CLI prints them as a table and exits 1.
 """
@@ -26,6 +27,7 @@ SCHEMA: dict[str, dict[str, type]] = {
     "head": {"max_added_ms": dict, "max_added_pct": dict},
     "analytic": {"size": str, "seq_len": int, "max_head_pct": dict},
     "quality": {"min_score": dict},
+    "load": {"max_p99_ms": dict},
 }
 
 
@@ -149,21 +151,43 @@ def _check_quality(spec: dict, quality: dict) -> list[dict]:
     return out
 
 
+def _check_load(spec: dict, curves: list[dict]) -> list[dict]:
+    """A level at a budgeted rate fails on p99 over the limit, or on any request not answered
+    correctly (an error, timeout or mismatch has no latency to hold)."""
+    limits = {float(rate): ms for rate, ms in spec.get("max_p99_ms", {}).items()}
+    out = []
+    for curve in curves:
+        for level in curve["levels"]:
+            limit = limits.get(float(level["offered_rps"]))
+            if limit is None:
+                continue
+            subject = f"{curve['model']} @ {level['offered_rps']:g} req/s"
+            if level["ok"] < level["sent"]:
+                out.append(_violation("load.answered", subject, level["ok"], level["sent"],
+                                      "requests answered correctly", curve.get("variant")))
+            elif level["p99_ms"] > limit:
+                out.append(_violation("load.max_p99_ms", subject, level["p99_ms"], limit, "ms",
+                                      curve.get("variant")))
+    return out
+
+
 def check_budget(budget: Budget, latency: list[dict] | None = None,
                  split: list[dict] | None = None, quality: dict | None = None,
-                 variants: list | None = None) -> list[dict]:
+                 variants: list | None = None, load: list[dict] | None = None) -> list[dict]:
     """Every violated limit as a row {check, subject, value, limit, unit}; [] when within budget.
 
     Args:
         latency: rows from ``time_runner``; split: rows from ``cost_split``;
         quality: ``{model: {"rows": [...]}}`` from ``bench quality``;
-        variants: Variant objects for the analytic check.
+        variants: Variant objects for the analytic check;
+        load: curves from ``toolchain.bench.load_runs.load_artifact``.
     """
     data = budget.data
     return (_check_latency(data.get("latency", {}), latency or [])
             + _check_head(data.get("head", {}), split or [])
             + _check_analytic(data.get("analytic", {}), variants or [])
-            + _check_quality(data.get("quality", {}), quality or {}))
+            + _check_quality(data.get("quality", {}), quality or {})
+            + _check_load(data.get("load", {}), load or []))
 
 
 def format_violations(violations: list[dict]) -> str:

@@ -26,6 +26,7 @@ SPLIT_METHOD = ("Measured in PyTorch eager on the merged model (threads in each 
                 "alone; its features are cached and the head (+ L2 normalise) is timed alone on "
                 "them, next to an eos_last head on the same features. added = head - eos_last "
                 "(p50); % is of the backbone's p50.")
+ISOLATION = "process per runtime"  # how each latency row was timed (see in_fresh_process)
 
 
 @dataclass
@@ -70,15 +71,28 @@ def _with_torch_sources(artifacts: Sequence[Artifact]) -> list[Artifact]:
     return out
 
 
-def run_latency(artifacts: Sequence[Artifact], settings: LatencySettings) -> dict:
-    """Time every artifact (and its PyTorch model with ``with_torch``) over the grid, and the
-    cost split per variant.
+def in_fresh_process(fn, *args):
+    """``fn(*args)`` in a newly spawned interpreter; returns its result (errors re-raised).
 
-    Returns:
-        {"latency": rows, "split": rows, "analytic": rows, "split_method": str}.
+    Each runtime is timed in its own process: ONNX Runtime's spinning intra-op threads and
+    PyTorch's OpenMP pool in one process stall each other on a small CPU (eager read up to ~60x
+    slow after ORT sessions on 2 cores). The child inherits the environment (OMP_NUM_THREADS,
+    POOLATTN_RUNS); thread counts are passed explicitly and recorded in every row.
     """
-    targets = _with_torch_sources(artifacts) if settings.with_torch else list(artifacts)
-    latency = []
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    with ProcessPoolExecutor(max_workers=1,
+                             mp_context=multiprocessing.get_context("spawn")) as pool:
+        return pool.submit(fn, *args).result()
+
+
+def _time_targets(targets: Sequence[Artifact], settings: LatencySettings) -> list[list[dict]]:
+    """Time each target in turn (one runtime's artifacts), each runner closed before the next;
+    meant to run in a fresh process (``in_fresh_process``)."""
+    import gc
+
+    out = []
     for artifact in targets:
         runner = open_artifact(artifact, settings.provider, settings.threads)
         rows = time_runner(runner, settings.shapes, settings.warmup, settings.repeats,
@@ -86,26 +100,53 @@ def run_latency(artifacts: Sequence[Artifact], settings: LatencySettings) -> dic
         source = torch_source(artifact)
         for row in rows:
             row.update(model=artifact.label, profile=artifact.profile, variant=artifact.variant,
-                       artifact=str(artifact.path))
+                       artifact=str(artifact.path), isolation=ISOLATION)
             if source is not None:
                 flop = 2 * row["batch"] * source_macs(source, row["seq_len"])
                 row.update(gflop_per_batch=flop / 1e9,
                            achieved_gflops=flop / 1e9 / (row["p50_ms"] / 1e3))
-        latency += rows
+        out.append(rows)
         del runner
-    split, done = [], set()
-    if settings.split:
-        from toolchain.modeling import load_embedding_model
+        gc.collect()  # an ORT session's thread pool ends with the session
+    return out
 
-        for artifact in artifacts:
-            source = torch_source(artifact)
-            if source is None or artifact.variant in done:
-                continue
-            done.add(artifact.variant)
-            model = load_embedding_model(source)
-            threads = settings.split_threads or settings.threads
-            split += cost_split(model, settings.shapes, settings.warmup, settings.repeats,
-                                settings.max_seconds, threads)
+
+def _cost_splits(sources: Sequence[Path], settings: LatencySettings) -> list[dict]:
+    """The cost split of each merged model directory (torch eager), in a fresh process."""
+    from toolchain.modeling import load_embedding_model
+
+    rows = []
+    for source in sources:
+        model = load_embedding_model(source)
+        threads = settings.split_threads or settings.threads
+        rows += cost_split(model, settings.shapes, settings.warmup, settings.repeats,
+                           settings.max_seconds, threads)
+    return rows
+
+
+def run_latency(artifacts: Sequence[Artifact], settings: LatencySettings) -> dict:
+    """Time every artifact (and its PyTorch model with ``with_torch``) over the grid, and the
+    cost split per variant. Each runtime (onnx, torch) and the cost split run in their own
+    fresh process, so no other runtime's thread pool competes with the one being timed.
+
+    Returns:
+        {"latency": rows, "split": rows, "analytic": rows, "split_method": str}.
+    """
+    targets = _with_torch_sources(artifacts) if settings.with_torch else list(artifacts)
+    by_runtime: dict[str, list[int]] = {}
+    for index, artifact in enumerate(targets):
+        by_runtime.setdefault(artifact.runtime, []).append(index)
+    per_target: dict[int, list[dict]] = {}
+    for indices in by_runtime.values():
+        timed = in_fresh_process(_time_targets, [targets[i] for i in indices], settings)
+        per_target.update(zip(indices, timed))
+    latency = [row for index in range(len(targets)) for row in per_target[index]]
+    sources: dict[str, Path] = {}
+    for artifact in artifacts:
+        source = torch_source(artifact)
+        if settings.split and source is not None:
+            sources.setdefault(artifact.variant, source)
+    split = in_fresh_process(_cost_splits, list(sources.values()), settings) if sources else []
     variants = [VARIANTS[v] for v in dict.fromkeys(a.variant for a in artifacts) if v in VARIANTS]
     seq_lens = sorted({t for _, t in settings.shapes})
     return {"latency": latency, "split": split, "split_method": SPLIT_METHOD,

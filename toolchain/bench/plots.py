@@ -189,3 +189,41 @@ def plot_latency_vs_length(latency: list[dict], split: list[dict], path: Path) -
 def plot_quality_vs_latency(points: list[dict], path: Path) -> Path:
     """``draw_quality_vs_latency`` written to ``path`` (PNG)."""
     return _save(draw_quality_vs_latency(points), path)
+
+
+def draw_p99_vs_rate(curves: list[dict], p99_budget_ms: float | None = None) -> Figure:
+    """p99 latency against offered request rate, one line per served artifact (colour: variant,
+    style: profile); levels with failed requests drawn as crosses.
+
+    Args:
+        curves: ``toolchain.bench.load_runs.load_artifact`` results ({variant, profile,
+            levels: [{offered_rps, p99_ms, ok, sent}]}).
+    """
+    fig, axis = plt.subplots(figsize=(7, 4.5))
+    colours = variant_colours(c["variant"] for c in curves)
+    styles = profile_styles(c["profile"] for c in curves)
+    for curve in curves:
+        levels = [lv for lv in curve["levels"] if lv["p99_ms"] is not None]
+        line, marker = styles[curve["profile"]]
+        axis.plot([lv["offered_rps"] for lv in levels], [lv["p99_ms"] for lv in levels],
+                  linestyle=line, marker=marker, color=colours[curve["variant"]],
+                  label=f"{curve['variant']} {curve['profile']}")
+        failed = [lv for lv in levels if lv["ok"] < lv["sent"]]
+        axis.scatter([lv["offered_rps"] for lv in failed], [lv["p99_ms"] for lv in failed],
+                     marker="x", s=80, color="black", zorder=3)
+    if p99_budget_ms is not None:
+        axis.axhline(p99_budget_ms, color="grey", linestyle="--", linewidth=0.8,
+                     label=f"p99 budget {p99_budget_ms:g} ms")
+    axis.set(xlabel="offered rate (requests/s, Poisson)", ylabel="p99 latency (ms)",
+             title="Latency under load (x: level with errors, timeouts or mismatches)")
+    axis.set_yscale("log")
+    axis.grid(True, alpha=0.3)
+    if curves:
+        axis.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def plot_p99_vs_rate(curves: list[dict], path: Path, p99_budget_ms: float | None = None) -> Path:
+    """``draw_p99_vs_rate`` written to ``path`` (PNG)."""
+    return _save(draw_p99_vs_rate(curves, p99_budget_ms), path)

@@ -32,7 +32,7 @@ def main() -> None:
 
 
 # Each module lists its click commands in COMMANDS; one module per stage.
-COMMAND_MODULES = ("core", "data", "train", "export", "bench", "baseline", "plan")
+COMMAND_MODULES = ("core", "data", "train", "export", "bench", "baseline", "plan", "serve")
 
 
 def _register() -> None:

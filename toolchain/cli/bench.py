@@ -1,4 +1,5 @@
-"""Benchmark commands: `bench latency`, `bench quality`, `bench all` and `compare`.
+"""Benchmark commands: `bench latency`, `bench quality`, `bench all` and `compare`
+(`bench load` lives with `serve` in toolchain/cli/serve.py).
 
 A violated budget exits 1 after printing a violations table; bad input exits 2.
 """

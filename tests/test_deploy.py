@@ -128,13 +128,18 @@ def test_manifest_has_relative_paths_and_the_graphs_real_runtime_needs(run):
         assert runtime["opset_imports"] == imports and manifest["opset"] == imports[""]
         used = {n.domain or "" for n in graph.graph.node}
         assert used <= set(runtime["op_types"]) <= set(imports)
-        if "Attention" in runtime["op_types"].get("", []):
+        default_ops = runtime["op_types"].get("", [])
+        if imports[""] >= 23 and "QuantizeLinear" in default_ops:
+            assert runtime["min_onnxruntime"] == "1.24"  # no QuantizeLinear(23) kernel in 1.23
+        elif "Attention" in default_ops:
             assert runtime["min_onnxruntime"] == "1.23"  # ONNX Attention's CPU kernel
         for name in ("config.json", "modules.json", "sentence_bert_config.json",
                      "config_sentence_transformers.json", "1_Pooling/config.json",
                      "tokenizer.json", "tokenizer_config.json", "poolattn_onnx.py",
-                     "poolattn_sentence_transformers.py"):
+                     "poolattn_sentence_transformers.py", "triton/config.pbtxt"):
             assert name in manifest["files"], name
+        triton = (artifact / "triton" / "config.pbtxt").read_text()
+        assert f'name: "sentence_embedding", data_type: TYPE_FP32, dims: [ {manifest["embedding_dim"]} ]' in triton
         config = json.loads((artifact / "config.json").read_text())
         assert config["model_type"] in ("mistral", "qwen2", "llama")
         assert config["poolattn"]["variant"] == manifest["variant"]
@@ -217,3 +222,39 @@ def test_portable_profile_runs_under_onnxruntime_1_22(tmp_path_factory, tmp_path
     assert portable["onnxruntime"] == "1.22.1" and portable["error"] is None
     assert min(portable["min_cosine_left"], portable["min_cosine_right"]) >= 0.9999
     assert fused["error"] and "opset" in fused["error"].lower()
+
+
+def test_embed_command_reads_files_and_writes_npy_and_jsonl(tamper_run, tmp_path):
+    from click.testing import CliRunner
+
+    from toolchain.cli import main
+
+    artifact = tamper_run / "onnx-fp32"
+    name = next(iter(evaluation_instructions()))
+    rows = [{"query": f"word {i}", "id": i} for i in range(40)] + [{"query": ""}]
+    source = tmp_path / "rows.jsonl"
+    source.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    out = tmp_path / "queries.jsonl"
+    result = CliRunner().invoke(main, ["embed", "--model", str(artifact), "--input", str(source),
+                                       "--field", "query", "--prompt-name", name, "-o", str(out),
+                                       "--batch-size", "3", "--progress", "--threads", "1"])
+    assert result.exit_code == 0, result.output
+    written = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [w["index"] for w in written] == list(range(len(rows)))
+    expected = Embedder.open(artifact, provider="cpu", threads=1).encode(
+        [format_query(r["query"], evaluation_instructions()[name]) for r in rows])
+    np.testing.assert_allclose(np.array([w["embedding"] for w in written]), expected, atol=1e-5)
+
+    lines = tmp_path / "texts.txt"
+    lines.write_text("first\nsecond text\n")
+    npy = tmp_path / "v.npy"
+    result = CliRunner().invoke(main, ["embed", "--model", str(artifact), "--input", str(lines),
+                                       "extra", "-o", str(npy), "--threads", "1"])
+    assert result.exit_code == 0, result.output
+    np.testing.assert_allclose(np.load(npy), Embedder.open(artifact, provider="cpu", threads=1)
+                               .encode(["extra", "first", "second text"]), atol=1e-5)
+
+    source.write_text('{"query": "fine"}\n{"text": "no query"}\n')
+    result = CliRunner().invoke(main, ["embed", "--model", str(artifact), "--input", str(source),
+                                       "--field", "query"])
+    assert result.exit_code == 2 and f"{source}:2: field 'query' missing" in result.output

@@ -52,29 +52,88 @@ def heads_command(shape: str, seq_len: int, as_json: bool) -> None:
                    f"{100 * r['per_text_vs_backbone']:>10.2f}%")
 
 
-@click.command("embed", epilog="Example: poolattn embed --preset tiny-mistral --variant m5 'hello'")
-@click.option("--preset", default="tiny-mistral", show_default=True)
-@click.option("--variant", default=None, help="m1..m5")
-@click.option("--pooling", default=None, help="explicit pooling (with --attention)")
-@click.option("--attention", type=click.Choice(list(Attention)), default=None)
-@click.option("--model-dir", type=click.Path(), default=None, help="a saved model directory")
+@click.command("embed", epilog="""Examples:
+
+  poolattn embed --model runs/tiny-mistral/m5/onnx-fp32 "a text" "another"
+
+  poolattn embed --model runs/tiny-mistral/m5/onnx-fp32 --input texts.txt -o vectors.npy
+
+  cat rows.jsonl | poolattn embed --model runs/tiny-mistral/m5/merged --input - --field query
+  --prompt-name WordNetDefinitionRetrieval -o queries.jsonl
+
+  poolattn embed --preset tiny-mistral --variant m5 hello   (an untrained model: a smoke check)""")
+@click.argument("texts", nargs=-1)
+@click.option("--model", "--model-dir", "model_path", type=click.Path(exists=True, file_okay=False),
+              default=None, help="an artifact or model directory (anything Embedder.open reads)")
+@click.option("--input", "input_path", default=None,
+              help="a file of texts, one per line ('-': stdin); with --field, JSONL")
+@click.option("--field", default=None, help="the JSONL field holding each text")
+@click.option("--prompt-name", default=None,
+              help="prepend this named prompt (the artifact's config_sentence_transformers.json)")
+@click.option("--instruction", default=None, help="prepend 'Instruct: ...\\nQuery: ' to every text")
+@click.option("-o", "--output", type=click.Path(dir_okay=False), default=None,
+              help="write vectors to .npy or .jsonl [default: print a summary]")
+@click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True)
+@click.option("--progress/--no-progress", default=None,
+              help="progress bar on stderr [default: on from 256 texts]")
+@click.option("--provider", type=click.Choice(["auto", "cpu", "cuda"]), default="auto",
+              show_default=True)
+@click.option("--threads", type=int, default=None, help="intra-op threads [default: all cores]")
 @click.option("--empty", "empty_texts", type=click.Choice(["embed", "refuse"]), default="embed",
               show_default=True, help="an empty text: embed it as [BOS] EOS, or refuse it")
-@click.argument("texts", nargs=-1)
-def embed_command(preset, variant, pooling, attention, model_dir, empty_texts, texts) -> None:
-    """Embed TEXTS and print shape, norms and the first values (a smoke check)."""
-    from toolchain.modeling import build_embedding_model, load_embedding_model
+@click.option("--preset", default="tiny-mistral", show_default=True,
+              help="without --model: build this preset's untrained model")
+@click.option("--variant", default=None, help="m1..m5 (with --preset)")
+@click.option("--pooling", default=None, help="explicit pooling (with --attention)")
+@click.option("--attention", type=click.Choice(list(Attention)), default=None)
+def embed_command(texts, model_path, input_path, field, prompt_name, instruction, output,
+                  batch_size, progress, provider, threads, empty_texts, preset, variant, pooling,
+                  attention) -> None:
+    """Embed TEXTS (or --input) with an artifact or model dir; write .npy / JSONL or print a
+    summary (shape, norms, first values)."""
+    from toolchain.deploy.embed_io import (encode_all, read_texts, resolve_prompt, summary,
+                                           write_vectors)
+    from toolchain.embedder import Embedder
+    from toolchain.errors import ToolchainError
 
-    if model_dir:
-        model = load_embedding_model(model_dir)
+    texts = list(texts) + (read_texts(input_path, field) if input_path else [])
+    if not texts:
+        raise ToolchainError("no texts: give TEXTS or --input")
+    if model_path:
+        embedder = Embedder.open(model_path, provider=provider, threads=threads,
+                                 empty_texts=empty_texts)
     else:
-        model = build_embedding_model(preset, variant, pooling=pooling, attention=attention)
-    model.tokenizer.empty_texts = empty_texts
-    emb = model.encode(list(texts))
-    click.echo(f"variant {model.variant.name}: {tuple(emb.shape)}, norms "
-               f"{[round(float(n), 6) for n in emb.norm(dim=-1)]}")
-    for text, row in zip(texts, emb):
-        click.echo(f"  {text[:40]!r}: {[round(float(x), 4) for x in row[:4]]} ...")
+        embedder = _untrained_embedder(preset, variant, pooling, attention, empty_texts)
+    prefix = resolve_prompt(Path(model_path or "."), prompt_name, instruction)
+    vectors = encode_all(embedder, [prefix + t for t in texts], batch_size, progress)
+    if output:
+        write_vectors(Path(output), vectors)
+        click.echo(f"{embedder.name}: {tuple(vectors.shape)} -> {output}", err=True)
+        return
+    lines = summary(texts, vectors)
+    click.echo(f"{embedder.name}: {lines[0]}")
+    for line in lines[1:]:
+        click.echo(line)
+
+
+def _untrained_embedder(preset, variant, pooling, attention, empty_texts):
+    """An Embedder over a preset's freshly built (untrained) model, on CPU."""
+    import torch
+
+    from toolchain.embedder import Embedder
+    from toolchain.modeling import build_embedding_model
+    from toolchain.tokenization import check_empty_policy
+
+    model = build_embedding_model(preset, variant, pooling=pooling, attention=attention).eval()
+
+    def run(input_ids, attention_mask):
+        with torch.inference_mode():
+            return model(torch.from_numpy(input_ids), torch.from_numpy(attention_mask)).numpy()
+
+    embedder = Embedder(f"variant {model.variant.name}", "torch", model.variant.fields(),
+                        model.tokenizer, run, "cpu", torch.get_num_threads())
+    embedder.empty_texts = check_empty_policy(empty_texts)
+    return embedder
 
 
 @click.command("init", epilog="Example: poolattn init --preset mistral-7b-width --variant m5 "

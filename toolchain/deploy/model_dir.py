@@ -15,6 +15,8 @@ refused like an edited graph):
     poolattn_onnx.py                   the consumer with no project code (numpy, tokenizers,
                                        onnxruntime); verify runs it as a gate
     poolattn_sentence_transformers.py  the sentence-transformers module over poolattn_onnx
+    triton/config.pbtxt                Triton's ONNX Runtime backend (model.onnx goes to
+                                       <repository>/<name>/1/; clients tokenise with tokenizer.json)
 """
 
 from __future__ import annotations
@@ -73,6 +75,22 @@ def pooling_config(embedding_dim: int) -> dict:
             **{f"pooling_mode_{m}": m == "lasttoken" for m in modes}, "include_prompt": True}
 
 
+TRITON_CONFIG = """# Triton ONNX Runtime backend: <repository>/<name>/config.pbtxt beside 1/model.onnx.
+# No tokenizer runs in Triton: clients send the ids and mask of this directory's tokenizer.json.
+backend: "onnxruntime"
+max_batch_size: {max_batch}
+input [
+  {{ name: "input_ids", data_type: TYPE_INT64, dims: [ -1 ] }},
+  {{ name: "attention_mask", data_type: TYPE_INT64, dims: [ -1 ] }}
+]
+output [
+  {{ name: "sentence_embedding", data_type: TYPE_FP32, dims: [ {dim} ] }}
+]
+dynamic_batching {{ }}
+instance_group [ {{ kind: KIND_CPU, count: 1 }} ]
+"""
+
+
 def write_model_dir_files(directory: Path, model, prompts: dict[str, str]) -> list[str]:
     """Write the layout above (all but model.onnx and manifest.json) into ``directory``.
 
@@ -96,4 +114,6 @@ def write_model_dir_files(directory: Path, model, prompts: dict[str, str]) -> li
         _write_json(directory / name, data)
     for name in (CONSUMER_MODULE, ST_MODULE):
         shutil.copyfile(SHIPPED / name, directory / name)
-    return written + list(files) + [CONSUMER_MODULE, ST_MODULE]
+    (directory / "triton").mkdir()
+    (directory / "triton" / "config.pbtxt").write_text(TRITON_CONFIG.format(max_batch=32, dim=dim))
+    return written + list(files) + [CONSUMER_MODULE, ST_MODULE, "triton/config.pbtxt"]

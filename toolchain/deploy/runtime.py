@@ -2,10 +2,9 @@
 types of each domain, and the oldest onnxruntime release that implements them.
 
 The release table is ONNX Runtime's own version matrix (docs/Versioning.md: the ONNX opset
-each release implements) plus the ops that arrived later than their opset: the CPU kernel of
-ONNX ``Attention`` (opset 23) came in 1.23, so a fused graph needs 1.23 even though 1.22
-implements opset 23's other ops. A profile may also name the runtimes it was run on
-(``targets``: benchmarks/deploy/old_ort.py runs the graph under them).
+each release implements; opset 23 checked here: 1.22.1 refuses it at load) plus the ops whose
+CPU kernel came later than their opset (seen, not documented). A profile may also name the
+runtimes it was run on (``runtime_targets``: benchmarks/deploy/old_ort.py runs the graph there).
 """
 
 from __future__ import annotations
@@ -16,8 +15,11 @@ from pathlib import Path
 # default-domain opset -> first onnxruntime release implementing it (ORT docs/Versioning.md)
 OPSET_RELEASES = {17: "1.13", 18: "1.14", 19: "1.15", 20: "1.17", 21: "1.18", 22: "1.20",
                   23: "1.23"}
-# (domain, op) -> first release with a CPU kernel for it, where later than its opset's release
-OP_RELEASES = {("", "Attention"): "1.23"}
+# (domain, op, from opset) -> first release with a CPU kernel for it, where later than the
+# opset's release. Seen with benchmarks/deploy/old_ort.py: onnxruntime 1.22.1 refuses opset 23
+# at load; 1.23.2 runs the fused fp32 graph (Attention) but has no QuantizeLinear(23) kernel,
+# which the int8 graph needs; 1.24.4 runs both.
+OP_RELEASES = {("", "Attention", 23): "1.23", ("", "QuantizeLinear", 23): "1.24"}
 
 
 def _version_key(text: str) -> tuple[int, ...]:
@@ -45,8 +47,9 @@ def runtime_facts(model_path: Path, targets: list[str] | None = None) -> dict:
     opset = imports.get("", 0)
     minimum = OPSET_RELEASES.get(opset, "unknown")
     basis = [f"default-domain opset {opset}: onnxruntime {minimum}"]
-    for (domain, op), release in OP_RELEASES.items():
-        if (op in ops.get(domain, []) and minimum != "unknown"
+    for (domain, op, from_opset), release in OP_RELEASES.items():
+        if (op in ops.get(domain, []) and imports.get(domain, 0) >= from_opset
+                and minimum != "unknown"
                 and _version_key(release) > _version_key(minimum)):
             minimum = release
             basis.append(f"{domain or 'ai.onnx'}::{op} CPU kernel: onnxruntime {release}")

@@ -16,10 +16,8 @@ calibration's, not verify's.
 
 from __future__ import annotations
 
-import argparse
 import json
 import time
-from pathlib import Path
 
 import numpy as np
 
@@ -31,7 +29,7 @@ from toolchain.export.rowwise_int8.rewrite import (FALLBACK_MASK, calibration_pa
 from toolchain.export.rowwise_int8.settings import WEIGHT_ROUNDINGS
 from toolchain.export.rowwise_int8.statistics import channel_statistics
 
-from probe_common import calibration_sets
+from probe_common import calibration_sets, rowwise_parser
 
 
 TARGETS = (0.997, 0.998, 0.999)
@@ -40,12 +38,9 @@ TARGETS = (0.997, 0.998, 0.999)
 def main() -> None:
     import onnx
 
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("artifact", type=Path, help="an fp32 ONNX artifact")
+    p = rowwise_parser(__doc__.splitlines()[0])
     p.add_argument("--weight-qmax", type=int, default=63)
     p.add_argument("--activation-qmax", type=int, default=127)
-    p.add_argument("--outliers", type=int, default=8)
-    p.add_argument("--alpha", type=float, default=0.5)
     p.add_argument("--weight-rounding", choices=WEIGHT_ROUNDINGS, default="nearest")
     p.add_argument("--quick", action="store_true", help="the all-int8 cosines only")
     args = p.parse_args()

@@ -13,9 +13,7 @@ percentile and median, and how many rows fall below verify's 0.99.
 
 from __future__ import annotations
 
-import argparse
 import copy
-from pathlib import Path
 
 import numpy as np
 
@@ -28,7 +26,7 @@ from toolchain.export.rowwise_int8.rewrite import (FALLBACK_MASK, calibration_pa
 from toolchain.export.rowwise_int8.smoothing import plan_input
 from toolchain.export.rowwise_int8.statistics import channel_statistics, in_memory_session
 
-from probe_common import calibration_sets
+from probe_common import calibration_sets, rowwise_parser
 
 
 GROUPS_PER_LAYER = 4  # q/k/v, o, gate/up, down: the groups of one decoder layer, in graph order
@@ -64,11 +62,8 @@ def weight_rounding_only(model, groups: dict, absmax: dict, gram: dict, count: i
 def main() -> None:
     import onnx
 
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("artifact", type=Path, help="an fp32 ONNX artifact")
+    p = rowwise_parser(__doc__.splitlines()[0])
     p.add_argument("--layers", type=int, default=12)
-    p.add_argument("--outliers", type=int, default=8)
-    p.add_argument("--alpha", type=float, default=0.5)
     args = p.parse_args()
     feeds, statistics, held = calibration_sets(args.artifact)
     manifest = read_manifest(args.artifact)

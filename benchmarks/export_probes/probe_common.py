@@ -5,10 +5,21 @@ this folder on its path and ``import probe_common`` needs no sys.path edit."""
 
 from __future__ import annotations
 
+import argparse
 import tempfile
 from pathlib import Path
 
 import numpy as np
+
+
+def rowwise_parser(description: str) -> argparse.ArgumentParser:
+    """The arguments the row-wise int8 probes share: an fp32 artifact and the rewrite's smoothing
+    and outlier channels (the int8 profile's defaults)."""
+    p = argparse.ArgumentParser(description=description)
+    p.add_argument("artifact", type=Path, help="an fp32 ONNX artifact")
+    p.add_argument("--outliers", type=int, default=8)
+    p.add_argument("--alpha", type=float, default=0.5)
+    return p
 
 
 def held_out_rows(max_length: int, vocab_size: int, count: int = 24) -> list[dict]:

@@ -14,6 +14,8 @@ OUTLIER_SHRINK = 2.0 ** -10  # bounds s_j: a dead channel must not blow its weig
 
 
 def smoothing_scales(absmax: np.ndarray, weights: list[np.ndarray], alpha: float) -> np.ndarray:
+    """s_j = max|x_j|^alpha / max|W_j,:|^(1 - alpha) per input channel, over all of ``weights``
+    (the MatMuls that read x), clipped to SMOOTH_CLIP."""
     weight_max = np.max([np.abs(w).max(1) for w in weights], axis=0)
     scale = np.maximum(absmax, 1e-5) ** alpha / np.maximum(weight_max, 1e-5) ** (1 - alpha)
     return np.clip(scale, *SMOOTH_CLIP).astype(np.float32)

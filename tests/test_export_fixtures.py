@@ -55,10 +55,15 @@ def make_model_dir(root: Path, preset: str, variant: str, seed: int = 0) -> Path
 
 
 def cached_export(factory, preset: str, variant: str, profiles=("fp32",)) -> Path:
-    """Run dir (merged/ + onnx-<profile>/) for (preset, variant), exported once per session."""
+    """Run dir (merged/ + onnx-<profile>/) for (preset, variant), exported once per session;
+    an export of the same model with more profiles serves a request for fewer."""
     from toolchain.export.pipeline import export_model_dir
 
-    run = factory.getbasetemp() / "export-cache" / f"{preset}-{variant}-{'-'.join(profiles)}"
+    cache = factory.getbasetemp() / "export-cache"
+    for existing in sorted(cache.glob(f"{preset}-{variant}-*")):  # a run with these profiles too
+        if all((existing / f"onnx-{p}" / "manifest.json").is_file() for p in profiles):
+            return existing
+    run = cache / f"{preset}-{variant}-{'-'.join(profiles)}"
     if not (run / f"onnx-{profiles[-1]}" / "manifest.json").is_file():
         model_dir = make_model_dir(run, preset, variant)
         export_model_dir(model_dir, profiles, threads=1, log=lambda *_: None)

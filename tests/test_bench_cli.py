@@ -2,6 +2,7 @@
 export (toolchain.export), opened by toolchain.embedder.Embedder."""
 
 import json
+import os
 
 import pytest
 import torch
@@ -13,7 +14,8 @@ from toolchain.modeling import build_embedding_model, save_embedding_model
 
 FAST = ["--grid", "1x8,2x16", "--warmup", "1", "--repeats", "3", "--threads", "1"]
 TIGHT = ("latency:\n  runtime: onnx\n  max_p95_ms: {2x16: 0.0001}\n"
-         "head:\n  max_added_ms: {2x16: 0}\n")
+         "head:\n  max_added_ms: {2x16: 0}\n"
+         "load:\n  max_p99_ms: {20: 0.0001}\n")
 
 
 @pytest.fixture(scope="module")
@@ -49,6 +51,11 @@ def test_latency_on_ort_and_torch_with_split(runs, monkeypatch, tmp_path):
     assert all(r["head_p50_ms"] > 0 for r in data["split"])
     assert {r["shape"] for r in data["analytic"]} == {"mistral-7b", "qwen2-0.5b"}
     assert "| tiny-mistral/m4/onnx-fp32 | onnx | cpu | 1 | 2x16 |" in result.output
+    # each runtime timed in a fresh process of its own, none of them this one
+    pids = {rt: {r["pid"] for r in data["latency"] if r["runtime"] == rt}
+            for rt in ("onnx", "torch")}
+    assert all(len(p) == 1 for p in pids.values())
+    assert pids["onnx"] != pids["torch"] and os.getpid() not in pids["onnx"] | pids["torch"]
 
 
 def test_violated_budget_fails_with_table(runs, monkeypatch, tmp_path):
@@ -71,7 +78,8 @@ def test_bench_all_writes_report_and_gates(runs, monkeypatch, tmp_path):
     budget = tmp_path / "tight.yaml"
     budget.write_text(TIGHT)
     args = ["bench", "all", "--preset", "tiny-mistral", "--variants", "m1 m4", *FAST,
-            "--no-quality", "--budget", str(budget)]
+            "--no-quality", "--load-variants", "m4", "--load-seconds", "1",
+            "--budget", str(budget)]
     result = invoke(args, monkeypatch, runs)
     assert result.exit_code == 1, result.output
     bench = runs / "tiny-mistral" / "bench"
@@ -83,6 +91,15 @@ def test_bench_all_writes_report_and_gates(runs, monkeypatch, tmp_path):
     assert {r["variant"] for r in report["split"]} == {"m1", "m4"}
     assert (bench / "latency_vs_length.png").read_bytes()[:4] == b"\x89PNG"
     assert "## Budget" in (bench / "report.md").read_text()
+    # the short load level: m4's onnx-fp32 behind `poolattn serve`, every request answered
+    # with Embedder.open's vectors, and the tight p99 limit caught
+    (curve,) = report["load"]["curves"]
+    assert curve["model"] == "tiny-mistral/m4/onnx-fp32" and curve["checked_vectors"]
+    (level,) = curve["levels"]
+    assert level["offered_rps"] == 20 and level["ok"] == level["sent"] > 0
+    assert "load.max_p99_ms" in {v["check"] for v in report["budget"]["violations"]}
+    assert "## Latency under load" in (bench / "report.md").read_text()
+    assert (bench / "load_p99.png").read_bytes()[:4] == b"\x89PNG"
     missing = invoke(["bench", "all", "--preset", "nothing-here"], monkeypatch, runs)
     assert missing.exit_code == 2 and "no artifacts under" in missing.output
 

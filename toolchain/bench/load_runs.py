@@ -71,7 +71,9 @@ async def _closed_loop(url: str, texts: Sequence[str], clients: int, per_request
             batch = [texts[(position + j) % len(texts)] for j in range(per_request)]
             position += clients * per_request
             try:
-                async with session.post(url + "/v1/embeddings", json={"input": batch}) as resp:
+                # base64 float32: what a high-throughput client asks for (no float text)
+                body = {"input": batch, "encoding_format": "base64"}
+                async with session.post(url + "/v1/embeddings", json=body) as resp:
                     await resp.read()
                     ok = resp.status == 200
             except (aiohttp.ClientError, OSError):

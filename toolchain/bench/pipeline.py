@@ -91,6 +91,7 @@ def _time_targets(targets: Sequence[Artifact], settings: LatencySettings) -> lis
     """Time each target in turn (one runtime's artifacts), each runner closed before the next;
     meant to run in a fresh process (``in_fresh_process``)."""
     import gc
+    import os
 
     out = []
     for artifact in targets:
@@ -100,7 +101,7 @@ def _time_targets(targets: Sequence[Artifact], settings: LatencySettings) -> lis
         source = torch_source(artifact)
         for row in rows:
             row.update(model=artifact.label, profile=artifact.profile, variant=artifact.variant,
-                       artifact=str(artifact.path), isolation=ISOLATION)
+                       artifact=str(artifact.path), isolation=ISOLATION, pid=os.getpid())
             if source is not None:
                 flop = 2 * row["batch"] * source_macs(source, row["seq_len"])
                 row.update(gflop_per_batch=flop / 1e9,
@@ -169,6 +170,12 @@ class AllSettings:
     # registered one built under runs/<preset>/ (auto), () = none, else these names (required)
     baselines: tuple[str, ...] | None = None
     exclude_tasks: tuple[str, ...] = ("WordNetDefinitionRetrieval",)  # in-domain, for compare
+    # a short open-loop load level per variant below (its quality_profile artifact behind
+    # `poolattn serve` on loopback); () = none. m1 beside another gives the head under load.
+    load_variants: tuple[str, ...] = ("m1", "m5")
+    load_rates: tuple[float, ...] = (20.0,)
+    load_seconds: float = 3.0
+    load_p99_budget_ms: float = 100.0
 
 
 def quality_artifacts(preset: str, variants: Sequence[str], settings: AllSettings,
@@ -197,6 +204,25 @@ def quality_artifacts(preset: str, variants: Sequence[str], settings: AllSetting
         profiles = dict.fromkeys([settings.quality_profile, get_baseline(name).profile])
         chosen += preset_artifacts(preset, [name], list(profiles))[:1]
     return chosen
+
+
+def run_load_stage(preset: str, variants: Sequence[str], settings: AllSettings,
+                   artifacts: Sequence[Artifact], split: list[dict]) -> dict | None:
+    """`bench all`'s short load level: each of ``load_variants`` (present among ``variants``)
+    served from its quality_profile artifact, ``load_rates`` for ``load_seconds`` each."""
+    from toolchain.bench.load import LoadSettings, suite_texts
+    from toolchain.bench.load_runs import LoadRunSettings, run_load_all
+
+    wanted = [v for v in variants if v in settings.load_variants]
+    chosen = [a for a in artifacts if a.run in wanted and a.profile == settings.quality_profile]
+    if not chosen:
+        return None
+    rates = settings.load_rates
+    load = LoadSettings(rates, max_requests=int(max(rates) * settings.load_seconds) + 1,
+                        max_seconds=settings.load_seconds, timeout_s=10.0)
+    run = LoadRunSettings(load=load, threads=settings.latency.threads)
+    return run_load_all([str(a.path) for a in chosen], None, preset, run, suite_texts(),
+                        settings.load_p99_budget_ms, "the suite (benchmarks/data/tasks)", split)
 
 
 def run_all(preset: str, variants: Sequence[str], settings: AllSettings,
@@ -237,7 +263,8 @@ def run_all(preset: str, variants: Sequence[str], settings: AllSettings,
         comparison = [row for rows in compare_against(quality, present, pairing_unit(quality),
                                                       settings.exclude_tasks).values()
                       for row in rows]
-    report = {"preset": preset, "variants": list(variants),
+    load = run_load_stage(preset, variants, settings, artifacts, measured["split"])
+    report = {"preset": preset, "variants": list(variants), "load": load,
               "created": time.strftime("%Y-%m-%d %H:%M:%S"),
               "machine": machine_info(), "matmul_peak": matmul_peak_gflops(lat.threads),
               "matmul_limit": ort_matmul_limit(lat.threads),
@@ -252,7 +279,8 @@ def run_all(preset: str, variants: Sequence[str], settings: AllSettings,
     if budget is not None:  # budgets hold the deployable variants, not the baselines
         violations = check_budget(budget, measured["latency"], measured["split"],
                                   trained_only(quality) if quality else None,
-                                  [VARIANTS[v] for v in variants])
+                                  [VARIANTS[v] for v in variants],
+                                  load["curves"] if load else None)
         report["budget"] = {"file": str(budget.path), "violations": violations,
                             "passed": not violations}
     report["seconds"] = time.perf_counter() - start

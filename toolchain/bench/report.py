@@ -225,13 +225,20 @@ def render_markdown(report: dict) -> str:
                        f"4096^3): {limit['gflops']:.1f} GFLOP/s")
     peak_line = (f"Machine matmul peak ({'; '.join(machine)}); "
                  "GFLOP/s below = analytic FLOPs / p50.\n\n" if machine else "")
-    sections = [("Latency (full model)", peak_line + latency_markdown(report["latency"])),
+    isolation = ("Each runtime (ONNX Runtime, PyTorch eager) and the cost split timed in its own "
+                 "fresh process, so no other runtime's thread pool competes; threads per row.\n\n")
+    sections = [("Latency (full model)",
+                 isolation + peak_line + latency_markdown(report["latency"])),
                 ("Runtime speedups (p50 ratios)", speedup_markdown(report["latency"])),
                 ("Cost split: head alone over eos_last", report["split_method"] + "\n\n"
                  + split_markdown(report["split"])),
                 ("Analytic head cost at named model shapes",
                  "Per text, 128 tokens (every length in report.json); m1 has no head.\n\n"
                  + analytic_markdown(rows_at_length(report["analytic"], 128)))]
+    if report.get("load"):
+        from toolchain.bench.load_report import load_markdown
+
+        sections.append(("Latency under load", load_markdown(report["load"])))
     if report.get("quality"):
         sections.append(("Quality (mean main score per category)",
                          format_quality(report["quality"])))
@@ -263,6 +270,11 @@ def write_report(report: dict, out_dir: str | Path) -> dict:
                                     out_dir / "latency_vs_length.png")]
     if points:
         plots.append(plot_quality_vs_latency(points, out_dir / "quality_vs_latency.png"))
+    if report.get("load"):
+        from toolchain.bench.plots import plot_p99_vs_rate
+
+        plots.append(plot_p99_vs_rate(report["load"]["curves"], out_dir / "load_p99.png",
+                                      report["load"]["p99_budget_ms"]))
     report["plots"] = [str(p) for p in plots]
     for name, text in (("report.json", json.dumps(report, indent=2, default=str) + "\n"),
                        ("report.md", render_markdown(report))):

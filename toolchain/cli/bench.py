@@ -170,14 +170,20 @@ def quality_command(artifacts, labels, tasks, limit, threads, shards, out, merge
 @click.option("--exclude-task", "exclude_tasks", multiple=True,
               default=("WordNetDefinitionRetrieval",), show_default=True,
               help="in-domain task(s) left out of the 'overall excl. in-domain' test")
+@click.option("--load-variants", default="m1 m5", show_default=True,
+              help="variants served on loopback for a short load level (none: skip)")
+@click.option("--load-rates", default="20", show_default=True, help="offered requests/s")
+@click.option("--load-seconds", default=3.0, show_default=True, help="per load level")
 @click.option("--budget", "budget_file", type=click.Path(), default=None, help=BUDGET_HELP)
 @click.option("--out", type=click.Path(), default=None, help="default: runs/<preset>/bench")
 def all_command(preset, variants, grid, warmup, repeats, threads, max_seconds,
                 split_threads, profiles, quality_profile, tasks, limit, quality, shards,
-                baselines, exclude_tasks, budget_file, out) -> None:
+                baselines, exclude_tasks, load_variants, load_rates, load_seconds, budget_file,
+                out) -> None:
     """Latency + cost split + quality + compare + report (+ budget) over a preset's variants;
     quality also evaluates the baselines (latency and budget: variants only)."""
     from toolchain.bench.budget import format_violations, load_budget
+    from toolchain.bench.load import parse_rates
     from toolchain.bench.pipeline import AllSettings, LatencySettings, run_all
 
     budget = load_budget(budget_file) if budget_file else None
@@ -191,7 +197,9 @@ def all_command(preset, variants, grid, warmup, repeats, threads, max_seconds,
         quality_profile=quality_profile,
         tasks=tuple(t.strip() for t in tasks.split(",") if t.strip()) if tasks else None,
         limit=limit or None, quality=quality, shards=shards, baselines=chosen,
-        exclude_tasks=tuple(t for t in exclude_tasks if t != "none"))
+        exclude_tasks=tuple(t for t in exclude_tasks if t != "none"),
+        load_variants=tuple(v for v in load_variants.replace(",", " ").split() if v != "none"),
+        load_rates=parse_rates(load_rates), load_seconds=load_seconds)
     report = run_all(preset, variants.split(), settings, budget, Path(out) if out else None)
     out_dir = Path(report["plots"][0]).parent
     click.echo((out_dir / "report.md").read_text())

@@ -120,14 +120,26 @@ def load_artifact(artifact: Artifact, settings: LoadRunSettings, texts: Sequence
         result["startup_s"] = time.perf_counter() - started
         result["levels"] = run_load(server.url, settings.load, pool, reference)
         if settings.saturation_s > 0:
-            result["saturation"] = saturation(server.url, pool, settings.saturation_clients,
-                                              settings.saturation_texts, settings.saturation_s)
-    if settings.saturation_s > 0:  # after the server is gone: nothing competes for the cores
-        result["offline"] = in_fresh_process(offline_texts_per_s, artifact.path, pool,
-                                             settings.threads, settings.offline_batch)
-        result["saturation_vs_offline"] = (result["saturation"]["texts_per_s"]
-                                           / result["offline"]["texts_per_s"])
+            result.update(_saturation_vs_offline(server.url, artifact.path, pool, settings))
     return result
+
+
+def _saturation_vs_offline(url: str, artifact: Path, pool: list[str],
+                           settings: LoadRunSettings) -> dict:
+    """Offline, saturation, offline again (the server idle during the offline runs, each in a
+    fresh process): the ratio uses the mean of the two offline rates, so load that drifts on a
+    shared machine moves both sides alike."""
+    offline = [in_fresh_process(offline_texts_per_s, artifact, pool, settings.threads,
+                                settings.offline_batch)]
+    busy = saturation(url, pool, settings.saturation_clients, settings.saturation_texts,
+                      settings.saturation_s)
+    offline.append(in_fresh_process(offline_texts_per_s, artifact, pool, settings.threads,
+                                    settings.offline_batch))
+    rate = sum(o["texts_per_s"] for o in offline) / len(offline)
+    return {"saturation": busy, "offline": {**offline[0], "texts_per_s": rate,
+                                            "runs_texts_per_s": [o["texts_per_s"]
+                                                                 for o in offline]},
+            "saturation_vs_offline": busy["texts_per_s"] / rate}
 
 
 def max_rate_within(levels: list[dict], p99_budget_ms: float) -> float | None:
@@ -171,7 +183,6 @@ def run_load_all(artifacts: list, url: str | None, label: str, settings: LoadRun
     """Curves for artifact paths (a server each) or one running server at ``url``, with the
     per-variant summaries; what `bench load` prints and writes."""
     from toolchain.bench.artifacts import inspect_artifact
-    from toolchain.bench.load import run_load
 
     if url:
         levels = run_load(url, settings.load, list(dict.fromkeys(texts)))

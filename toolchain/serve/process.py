@@ -61,9 +61,13 @@ class ServerProcess:
         command = [sys.executable, "-c", "from toolchain.cli import main; main()", "serve",
                    str(self.artifact), "--host", LOOPBACK, "--port", str(self.port),
                    *self.options]
-        out = open(self.log, "ab") if self.log else subprocess.DEVNULL
-        self.process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT,
-                                        start_new_session=True)
+        if self.log:
+            with open(self.log, "ab") as out:  # the child keeps its own copy of the handle
+                self.process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT,
+                                                start_new_session=True)
+        else:
+            self.process = subprocess.Popen(command, stdout=subprocess.DEVNULL,
+                                            stderr=subprocess.STDOUT, start_new_session=True)
         deadline = time.monotonic() + self.startup_s
         while time.monotonic() < deadline:
             if self.process.poll() is not None:

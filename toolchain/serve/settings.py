@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import ipaddress
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -38,7 +37,6 @@ class ServeSettings:
         if self.host not in HOSTS:
             raise ToolchainError(f"--host must be one of {', '.join(HOSTS)} (litserve binds only "
                                  f"these), got {self.host!r}")
-        ipaddress.ip_address(self.host)
         if not 1024 <= self.port <= 65535:
             raise ToolchainError(f"--port must be in 1024..65535, got {self.port}")
         for name in ("max_batch_requests", "token_budget", "max_rows", "max_texts",

@@ -52,44 +52,50 @@ def _rowwise_cosine(a: np.ndarray, b: np.ndarray) -> float:
     return float(cos.min())
 
 
-def consumer_gate(artifact: Path, embedder, reference, gates, threads: int | None) -> dict:
-    """Run the shipped consumer against the Embedder and the reference; returns the figures
-    and a list of failures (empty when it passes)."""
+def consumer_expectations(embedder, reference) -> dict:
+    """What the consumer must reproduce, computed before the Embedder's session is freed (so a
+    large graph is never loaded twice at once): the texts, the reference tokenizer's ids, the
+    Embedder's and the PyTorch reference's vectors."""
     import torch
 
+    tokens = embedder.tokenizer.special_tokens()
+    texts, prompt_name = consumer_texts(tokens["eos_token"], embedder.tokenizer.max_length)
+    all_texts = texts + [format_query(QUERY, evaluation_instructions()[prompt_name])]
+    batch = reference.tokenizer(all_texts)
+    with torch.inference_mode():
+        theirs = reference(batch["input_ids"], batch["attention_mask"]).numpy()
+    return {"texts": texts, "prompt_name": prompt_name, "embedder": embedder.encode(all_texts),
+            "reference": theirs, "ids": [reference.tokenizer.token_ids(t) for t in all_texts]}
+
+
+def consumer_gate(artifact: Path, expected: dict, gates, threads: int | None) -> dict:
+    """Run the shipped consumer (one session, each padding side) against ``expected`` (from
+    :func:`consumer_expectations`); returns the figures and a list of failures."""
     if not (Path(artifact) / CONSUMER_MODULE).is_file():
         return {"failures": [f"{CONSUMER_MODULE} missing: the artifact predates the consumer "
                              "contract; re-export it"]}
     module = load_shipped_consumer(artifact)
-    tokens = embedder.tokenizer.special_tokens()
-    texts, prompt_name = consumer_texts(tokens["eos_token"], embedder.tokenizer.max_length)
-    instruction = evaluation_instructions()[prompt_name]
-    all_texts = texts + [format_query(QUERY, instruction)]
-    expected_ids = reference.tokenizer(all_texts)
-    ours = embedder.encode(all_texts)
-    with torch.inference_mode():
-        theirs = reference(expected_ids["input_ids"], expected_ids["attention_mask"]).numpy()
-    figures, failures = {"texts": len(all_texts), "prompt_name": prompt_name}, []
+    texts, prompt_name = expected["texts"], expected["prompt_name"]
+    # check=False: verify opened the artifact through read_manifest, which hashed every file
+    consumer = module.OnnxEmbedding(artifact, threads=threads, check=False)
+    figures, failures = {"texts": len(texts) + 1, "prompt_name": prompt_name}, []
     for side in ("left", "right"):
-        consumer = module.OnnxEmbedding(artifact, padding_side=side, threads=threads)
-        got = np.concatenate([consumer.encode(texts), consumer.encode([QUERY],
-                                                                       prompt_name=prompt_name)])
+        consumer.tokenizer.enable_padding(**{**consumer.tokenizer.padding, "direction": side})
+        got = np.concatenate([consumer.encode(texts),
+                              consumer.encode([QUERY], prompt_name=prompt_name)])
         rows = [consumer.tokenize([t]) for t in texts]
         rows.append(consumer.tokenize([QUERY], prompt=consumer.prompts[prompt_name]))
         mine = [r["input_ids"][0].tolist() for r in rows]
-        want = [reference.tokenizer.token_ids(t) for t in all_texts]
-        if mine != want:
-            bad = [i for i, (m, w) in enumerate(zip(mine, want)) if m != w]
+        if mine != expected["ids"]:
+            bad = [i for i, (m, w) in enumerate(zip(mine, expected["ids"])) if m != w]
             failures.append(f"consumer ({side} padding): token ids differ from the reference "
                             f"model's on texts {bad}")
-        figures[side] = {"vs_embedder_min_cosine": _rowwise_cosine(got, ours),
-                         "vs_reference_min_cosine": _rowwise_cosine(got, theirs)}
-        if not figures[side]["vs_embedder_min_cosine"] >= gates.invariance_min_cosine:
-            failures.append(f"consumer ({side} padding) vs Embedder: min cosine "
-                            f"{figures[side]['vs_embedder_min_cosine']:.7f} < "
-                            f"{gates.invariance_min_cosine:g}")
-        if not figures[side]["vs_reference_min_cosine"] >= gates.parity_min_cosine:
-            failures.append(f"consumer ({side} padding) vs PyTorch: min cosine "
-                            f"{figures[side]['vs_reference_min_cosine']:.7f} < "
-                            f"{gates.parity_min_cosine:g}")
+        figures[side] = {"vs_embedder_min_cosine": _rowwise_cosine(got, expected["embedder"]),
+                         "vs_reference_min_cosine": _rowwise_cosine(got, expected["reference"])}
+        for name, gate, what in (("vs_embedder_min_cosine", gates.invariance_min_cosine,
+                                  "Embedder"),
+                                 ("vs_reference_min_cosine", gates.parity_min_cosine, "PyTorch")):
+            if not figures[side][name] >= gate:
+                failures.append(f"consumer ({side} padding) vs {what}: min cosine "
+                                f"{figures[side][name]:.7f} < {gate:g}")
     return {**figures, "failures": failures}

@@ -29,7 +29,7 @@ import numpy as np
 
 from toolchain.atomic import sha256_file
 from toolchain.contract import Attention, source_model_dir
-from toolchain.deploy.consumer_check import consumer_gate
+from toolchain.deploy.consumer_check import consumer_expectations, consumer_gate
 from toolchain.export.profiles import Gates
 from toolchain.probe_texts import PROBE_TEXTS
 from toolchain.parity import compare, random_batch, repad
@@ -201,9 +201,10 @@ def verify_artifact(artifact: str | Path, model_dir: str | Path | None = None, r
     random_fig = checks.random_shapes()
     text_fig, batch_fig, pad_figs = checks.texts()
     finite, norm_dev = checks.finite_and_unit_norm()
-    consumer = consumer_gate(artifact, embedder, checks.reference, checks.gates, threads)
+    expected = consumer_expectations(embedder, checks.reference)
+    checks.embedder = embedder = None  # free the session before the consumer and the probe load
+    consumer = consumer_gate(artifact, expected, checks.gates, threads)  # the weights again
     checks.failures += consumer.pop("failures")
-    checks.embedder = embedder = None  # free the session before the probe loads the weights again
     probe = probe_attention(artifact / manifest["model_file"], manifest, checks.gates.probe_tol)
     if probe["observed"] != manifest["attention"]:
         checks.failures.append(f"attention: graph behaves {probe['observed']} (first-token shift "

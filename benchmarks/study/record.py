@@ -23,6 +23,8 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
 from toolchain.atomic import read_manifest, write_text_atomic  # noqa: E402
+from toolchain.bench.convergence import CONVERGED_BELOW, run_convergence  # noqa: E402
+from toolchain.bench.convergence import training_runs as convergence_runs  # noqa: E402
 from toolchain.errors import ToolchainError  # noqa: E402
 from toolchain.paths import runs_dir  # noqa: E402
 from toolchain.train.rundir import read_metrics  # noqa: E402
@@ -39,19 +41,21 @@ def _json(path: Path) -> dict:
 
 def training_runs(variant_dir: Path) -> list[Path]:
     """The training runs behind a variant: its soup's ingredients (seeds/d<k>), else itself."""
-    seeds = sorted(p for p in (variant_dir / "seeds").glob("d*") if (p / "metrics.jsonl").is_file())
-    return seeds or [variant_dir]
+    return convergence_runs(variant_dir) or [variant_dir]
 
 
 def training_rows(run: Path) -> dict:
-    """Losses and seconds of one variant's run."""
+    """Losses, seconds and the convergence test (toolchain.bench.convergence) of one run."""
     metrics = [m for m in read_metrics(run / "metrics.jsonl") if "loss" in m]
     if not metrics:
         raise ToolchainError(f"{run / 'metrics.jsonl'}: no training steps recorded")
     losses = [m["loss"] for m in metrics]
     k = min(3, len(losses))
+    test = run_convergence(run)
     return {"steps": len(losses), "first": losses[0], "last": losses[-1],
             "first_mean": sum(losses[:k]) / k, "last_mean": sum(losses[-k:]) / k,
+            "last_third": test.last_third_loss, "converged": test.converged,
+            "threshold": test.threshold * test.chance, "grad_norm_first": metrics[0].get("grad_norm"),
             "candidates": metrics[-1].get("candidates"), "train_s": metrics[-1]["elapsed_s"]}
 
 
@@ -123,13 +127,19 @@ def render(preset: str, variants: list[str], shape: str) -> str:
              "Each variant is the soup (`poolattn soup`, the uniform weight average) of the runs "
              "listed for it, which share the initialisation (seed) and differ in data order and "
              "dropout (data seed d<k>)." if any(len(r) > 1 for r in runs.values()) else "", "",
-             "| variant | steps | candidates | loss step 1 | loss last | mean first 3 | "
-             "mean last 3 | train s |", "|---|---|---|---|---|---|---|---|"]
+             f"Converged (issue 29): the mean loss of the last third of a run's steps at most "
+             f"{CONVERGED_BELOW} x ln(candidates); a variant converged when all its runs did.", "",
+             "| variant | steps | candidates | loss step 1 | grad norm step 1 | loss last | "
+             "mean first 3 | mean last 3 | mean last third | converged (limit) | train s |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     for (v, seed), t in train.items():
         name = f"{v} {seed}" if seed else v
+        norm = t["grad_norm_first"]
         lines.append(f"| {name} | {t['steps']} | {t['candidates']} | {t['first']:.3f} | "
+                     f"{'-' if norm is None else f'{norm:.2f}'} | "
                      f"{t['last']:.3f} | {t['first_mean']:.3f} | {t['last_mean']:.3f} | "
-                     f"{t['train_s']:.0f} |")
+                     f"{t['last_third']:.3f} | {'yes' if t['converged'] else 'NO'} "
+                     f"({t['threshold']:.3f}) | {t['train_s']:.0f} |")
     per_source = {v: source_losses(runs[v]) for v in variants}
     sources = sorted({s for per in per_source.values() for s in per})
     if len(sources) > 1:

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from toolchain.bench.compare import EXCLUDED, compare_models, format_comparison, min_attainable_p
+from toolchain.bench.convergence import Convergence, convergence_markdown, quality_convergence
 from toolchain.errors import ToolchainError
 from toolchain.yamlfile import read_yaml_mapping
 
@@ -77,10 +78,21 @@ def load_directions(path: str | Path) -> PaperDirections:
     return PaperDirections(str(data["source"]), str(data["baseline"]), deltas, path)
 
 
-def verdict(ours: dict | None, paper: PaperFinding | None) -> str:
-    """How one of our comparison rows stands against the paper's cell, in words."""
+NOT_CONVERGED = "not converged"
+
+
+def verdict(ours: dict | None, paper: PaperFinding | None,
+            unconverged: tuple[str, ...] = ()) -> str:
+    """How one of our comparison rows stands against the paper's cell, in words.
+
+    ``unconverged``: the variant and/or baseline whose training did not converge
+    (toolchain.bench.convergence); then the delta measures how far training got, not the
+    design, and the verdict says so instead of a direction.
+    """
     if ours is None or ours["mean_delta"] is None:
         return "no result"
+    if unconverged:
+        return f"{NOT_CONVERGED} ({', '.join(unconverged)})"
     delta, sig = ours["mean_delta"], ours["significant"]
     if abs(delta) < 1e-12:
         return "no difference"
@@ -92,13 +104,16 @@ def verdict(ours: dict | None, paper: PaperFinding | None) -> str:
     return "contradicts, significant" if sig else "opposite direction, not significant"
 
 
-def directions_table(rows_by_unit: dict[str, list[dict]], paper: PaperDirections) -> list[dict]:
+def directions_table(rows_by_unit: dict[str, list[dict]], paper: PaperDirections,
+                     converged: dict[str, bool | None] | None = None) -> list[dict]:
     """One row per (variant, category) seen in our comparison or the paper's table.
 
     Args:
         rows_by_unit: ``{"task": compare rows, "shard": compare rows}`` (either may be absent),
             from ``compare_models(..., baseline=paper.baseline)``.
         paper: the loaded directions file.
+        converged: {variant name: True / False / None (unknown)}; a row whose variant or
+            baseline is False gets the verdict "not converged (...)".
 
     Returns:
         Rows {variant, category, paper: PaperFinding | None, ours: {unit: row}, verdicts:
@@ -115,8 +130,11 @@ def directions_table(rows_by_unit: dict[str, list[dict]], paper: PaperDirections
     for variant, category in sorted(keys, key=lambda k: (k[0], k[1] == "overall", k[1])):
         mine = ours.get((variant, category), {})
         cell = paper.deltas.get(variant, {}).get(category)
+        unconverged = tuple(label for name, label in ((variant, variant), (paper.baseline,
+                            f"baseline {paper.baseline}")) if (converged or {}).get(name) is False)
         table.append({"variant": variant, "category": category, "paper": cell, "ours": mine,
-                      "verdicts": {u: verdict(mine.get(u), cell) for u in rows_by_unit}})
+                      "verdicts": {u: verdict(mine.get(u), cell, unconverged)
+                                   for u in rows_by_unit}})
     return table
 
 
@@ -163,32 +181,39 @@ def has_shard_scores(quality: dict) -> bool:
 
 
 def study_markdown(quality: dict, paper: PaperDirections, source: str = "",
-                   exclude_tasks: tuple[str, ...] = ()) -> str:
+                   exclude_tasks: tuple[str, ...] = (),
+                   convergence: dict[str, Convergence] | None = None) -> str:
     """The study's record: per-task scores, paired tests by task (and by shard when the results
-    have shard scores), and the agreement table against the paper.
+    have shard scores), each variant's convergence, and the agreement table against the paper.
 
     Args:
         quality: merged quality summaries (``load_quality``).
         paper: the loaded directions file; its baseline is the comparison's baseline.
         source: where ``quality`` came from (quoted in the text).
         exclude_tasks: also test every variant without these (in-domain) tasks.
+        convergence: per variant; default: read from each entry's training runs
+            (``quality_convergence``).
     """
     from toolchain.bench.quality import format_task_scores
 
     units = ["task"] + (["shard"] if has_shard_scores(quality) else [])
     rows = {u: compare_models(quality, paper.baseline, unit=u, exclude_tasks=exclude_tasks)
             for u in units}
-    table = directions_table(rows, paper)
+    convergence = quality_convergence(quality) if convergence is None else convergence
+    table = directions_table(rows, paper, {v: c.converged for v, c in convergence.items()})
     out = [f"Results: {source or 'quality summaries'}. Paper: {paper.source} "
            f"({paper.path.as_posix() if paper.path else 'given'}).", "",
            "## Scores per task (mteb main score)", "", format_task_scores(quality), ""]
     for unit in units:
         out += [f"## Paired Wilcoxon signed-rank vs {paper.baseline}, one pair per {unit}", "",
                 format_comparison(rows[unit]), ""]
-    out += ["## Against the paper's directions", "",
+    out += ["## Convergence of the training runs", "", convergence_markdown(convergence), "",
+            "## Against the paper's directions", "",
             "Paper delta: mean main-score difference vs the baseline, * = significant in the "
             "paper. Ours: mean delta (n pairs, two-sided p; * = p < 0.05; p>=X: too few "
-            "non-zero pairs for the test to reach 0.05, X its smallest possible p).", "",
+            "non-zero pairs for the test to reach 0.05, X its smallest possible p). A variant "
+            "or baseline whose training did not converge (table above) gets the verdict "
+            "\"not converged\": its delta measures how far training got, not the design.", "",
             format_directions(table, units), ""]
     for unit in units:
         counts = agreement_counts(table, unit)

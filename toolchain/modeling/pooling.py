@@ -49,6 +49,19 @@ class HeadConfig:
     layer_summary: Literal["auto", "eos", "mean"] = field(
         default="auto", metadata={"help": "multi_layer_trainable per-layer summary; auto = eos "
                                            "under causal, masked mean under bidirectional"})
+    latent_init_std: float = field(
+        default=0.02, metadata={"help": "std of the latents' normal init (reference: 1.0, whose "
+                                         "mean over few latents is an input-independent vector "
+                                         "as large as the signal); queries see them normalised"})
+    layer_embedding_init_std: float = field(
+        default=0.0, metadata={"help": "std of the per-layer embedding's normal init (m3/m5; "
+                                        "reference: 1.0, as large as layer states of RMS ~1, "
+                                        "which it then swamps); 0 starts from the layer "
+                                        "summaries alone"})
+    pass_through_gate: bool = field(
+        default=False, metadata={"help": "output = the parameter-free pooling this head replaces "
+                                          "(unit RMS) + tanh(g) x head, g = 0 at start: an "
+                                          "option, not the paper's design"})
 
     def __post_init__(self) -> None:
         if self.pooling not in POOLERS:
@@ -58,6 +71,15 @@ class HeadConfig:
         for name in ("hidden_size", "num_layers", "n_latents", "num_heads", "ff_mult"):
             if int(getattr(self, name)) < 1:
                 raise ToolchainError(f"head config field {name} must be >= 1")
+        for name in ("latent_init_std", "layer_embedding_init_std"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or \
+                    not 0.0 <= float(value) < float("inf"):
+                raise ToolchainError(f"head config field {name} must be a finite number >= 0, "
+                                     f"got {value!r}")
+        if not isinstance(self.pass_through_gate, bool):
+            raise ToolchainError(f"head config field pass_through_gate must be true or false, "
+                                 f"got {self.pass_through_gate!r}")
         if self.dim_head is None:
             if self.hidden_size % self.num_heads:
                 raise ToolchainError(f"hidden_size {self.hidden_size} not divisible by "
@@ -197,13 +219,35 @@ class MeanPooling(ParameterFreePooling):
     reduce = staticmethod(masked_mean)
 
 
+def unit_rms(x: torch.Tensor) -> torch.Tensor:
+    """Rows scaled to root-mean-square 1 (a pass-through's scale must not depend on the
+    backbone's activation scale, which differs by orders of magnitude between models)."""
+    return x * torch.rsqrt(x.pow(2).mean(dim=-1, keepdim=True).clamp(min=1e-12))
+
+
 class LatentQueryPooling(PoolingHead):
     """A head whose latents cross-attend to ``keys(config, seq_len)`` input rows (one
-    LatentCrossAttention block); its latent queries do not depend on the input."""
+    LatentCrossAttention block); its latent queries do not depend on the input.
+
+    With ``pass_through_gate`` the output is ``unit_rms(pass_through(features)) + tanh(g) x
+    block output``, g a learned scalar at 0: the head starts as the parameter-free pooling it
+    replaces and learns how much to add to it.
+    """
 
     def __init__(self, config: HeadConfig) -> None:
         super().__init__(config)
         self.block = LatentCrossAttention(config)
+        if config.pass_through_gate:
+            self.gate = nn.Parameter(torch.zeros(()))
+
+    def pass_through(self, features: dict) -> torch.Tensor:
+        """(B, H): the parameter-free pooling of the last layer this head stands in for."""
+        raise NotImplementedError
+
+    def output(self, features: dict, pooled: torch.Tensor) -> dict:
+        if self.config.pass_through_gate:
+            pooled = unit_rms(self.pass_through(features)) + torch.tanh(self.gate) * pooled
+        return {**features, "sentence_embedding": pooled}
 
     @classmethod
     def keys(cls, config: HeadConfig, seq_len: int) -> int:
@@ -243,19 +287,27 @@ class LastLayerTrainablePooling(LatentQueryPooling):
         else:
             inputs, key_mask = hidden, mask  # (B, T, H)
         pooled = self.block(inputs, key_mask, features.get("latent_queries"))
-        return {**features, "sentence_embedding": pooled}
+        return self.output(features, pooled)
+
+    def pass_through(self, features: dict) -> torch.Tensor:
+        reduce = gather_last_token if self.config.token_input == "eos" else masked_mean
+        return reduce(features["token_embeddings"], features["attention_mask"])
 
 
 @register_pooler(Pooling.MULTI_LAYER_TRAINABLE)
 class MultiLayerTrainablePooling(LatentQueryPooling):
     """m3 / m5: one summary per layer 1..L (EOS state or masked mean), plus a learned per-layer
-    embedding (added, N(0, 1) init as the reference), then latents cross-attend to the L rows."""
+    embedding (added; N(0, ``layer_embedding_init_std``**2) init, zero by default: the
+    reference's N(0, 1) swamps layers whose states have RMS ~1), then latents cross-attend to
+    the L rows."""
 
     needs_all_layers = True
 
     def __init__(self, config: HeadConfig) -> None:
         super().__init__(config)
         self.layer_embedding = nn.Embedding(config.num_layers, config.hidden_size)
+        with torch.no_grad():  # same draws as the reference's init, scaled
+            self.layer_embedding.weight.mul_(config.layer_embedding_init_std)
 
     @classmethod
     def keys(cls, config: HeadConfig, seq_len: int) -> int:
@@ -273,7 +325,11 @@ class MultiLayerTrainablePooling(LatentQueryPooling):
     def forward(self, features: dict) -> dict:
         inputs = self.layer_summaries(features) + self.layer_embedding.weight.unsqueeze(0)
         pooled = self.block(inputs, None, features.get("latent_queries"))
-        return {**features, "sentence_embedding": pooled}
+        return self.output(features, pooled)
+
+    def pass_through(self, features: dict) -> torch.Tensor:
+        reduce = gather_last_token if self.config.layer_summary == "eos" else masked_mean
+        return reduce(features["token_embeddings"], features["attention_mask"])
 
 
 def head_macs(config: HeadConfig, seq_len: int) -> MacCounts:

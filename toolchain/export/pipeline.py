@@ -187,8 +187,13 @@ def summary_line(target: Path, report: dict) -> str:
     """One line of parity figures for the CLI."""
     texts, rand = report["parity_texts"], report["parity_random_shapes"]
     probe = report["attention_probe"]
+    consumer = [report.get("consumer", {}).get(side, {}).get("vs_embedder_min_cosine")
+                for side in ("left", "right")]
+    consumer_text = (f"; plain-ORT consumer cos {min(consumer):.6f}" if None not in consumer
+                     else "")
     return (f"{target}: {'PASS' if report['passed'] else 'FAIL'} [{report['profile']}] "
             f"texts max|d| {texts['max_abs']:.2e} cos {texts['min_cosine']:.6f}; "
             f"random max|d| {rand['max_abs']:.2e} cos {rand['min_cosine']:.6f}; "
             f"batch-inv cos {report['batch_invariance']['min_cosine']:.6f}; "
-            f"attention {probe['observed']} (shift {max(probe['first_token_shift']):.3g})")
+            f"attention {probe['observed']} (shift {max(probe['first_token_shift']):.3g})"
+            + consumer_text)

@@ -88,8 +88,31 @@ def artifact_fields(model, model_dir: Path, target: Path, profile: Profile, expo
         "timings_s": {"export": export_info["export_seconds"], "save": export_info["save_seconds"],
                       "transform": transform["seconds"]},
         "versions": library_versions(),
+        "built_on_cpu": build_cpu_fields(),
         "source": source_fields(model_dir, target, source_manifest),
     }
+
+
+def build_cpu_fields() -> dict:
+    """The export machine's CPU flags, and whether it has the int8 dot-product units (VNNI/AMX)
+    that an int8 profile needs to run faster than fp32 (toolchain/cpu.py)."""
+    from toolchain.cpu import cpu_has_int8_dot, recorded_flags
+
+    return {"flags": recorded_flags(), "int8_dot": cpu_has_int8_dot()}
+
+
+def int8_cpu_warning(profile: Profile) -> str | None:
+    """A warning for an int8 profile exported on a CPU without VNNI/AMX: there ONNX Runtime's
+    u8 x s8 kernels run no faster than fp32 (0.51-0.90x measured, docs/export.md), so the int8
+    graph must not be rolled out as the faster one on such CPUs."""
+    from toolchain.cpu import cpu_has_int8_dot
+
+    if "int8" not in profile.quantization or cpu_has_int8_dot():
+        return None
+    return (f"WARNING [{profile.name}]: this CPU has no VNNI/AMX int8 units (avx512_vnni, "
+            f"avx_vnni, amx_int8): an int8 graph runs no faster than fp32 here (measured "
+            f"0.51-0.90x); serve the fp32 artifact on CPUs like this one, int8 only where "
+            f"VNNI/AMX exist (docs/export.md)")
 
 
 def export_model_dir(model_dir: str | Path, profiles: Sequence[str] = ("fp32",),
@@ -141,6 +164,8 @@ def export_model_dir(model_dir: str | Path, profiles: Sequence[str] = ("fp32",),
                 write_manifest(tmp, fields)
                 report = verify_artifact(tmp, reference=model, threads=threads)
                 log(summary_line(target, report))
+                if warning := int8_cpu_warning(profile):
+                    log(warning)
                 if not report["passed"]:
                     raise ToolchainError(f"{target}: verification failed (nothing written): "
                                          + "; ".join(report["failures"]))

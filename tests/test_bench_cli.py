@@ -187,6 +187,8 @@ def test_bench_all_evaluates_baselines_beside_variants(runs, monkeypatch, tmp_pa
     (["bench", "all", "--help"], ["--preset", "--limit", "make bench"]),
     (["compare", "--help"], ["Wilcoxon", "--preset", "--baseline", "--exclude-task", "--peer"]),
     (["bench", "quality", "--help"], ["--label", "--merge", "--shards"]),
+    (["bench", "load", "--help"], ["--rates", "--artifact", "--url", "Poisson", "--budget"]),
+    (["serve", "--help"], ["/v1/embeddings", "/embed", "--token-budget", "--max-texts"]),
     (["baseline", "--help"], ["--preset", "untrained-mean", "minilm-peer"]),
 ])
 def test_help_texts(args, expected):

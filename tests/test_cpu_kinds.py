@@ -36,3 +36,28 @@ def test_int8_export_warns_only_where_int8_does_not_pay(monkeypatch, profile, fl
         assert warning and "no VNNI/AMX" in warning and "fp32" in warning
     else:
         assert warning is None
+
+
+@pytest.mark.parametrize("flags", [AVX2_ONLY, VNNI, AMX])
+@pytest.mark.parametrize("reduce_range", [True, False])
+def test_int8_activation_codes_follow_the_cpu(monkeypatch, flags, reduce_range):
+    """`activation_qmax: auto` picks the widest codes the exporting CPU sums exactly: 127 with
+    the shipped 7-bit weights on every CPU; with 8-bit weights 127 where VNNI/AMX exist and 64
+    on AVX2 alone. The settings say whether the graph would saturate on an AVX2-only CPU."""
+    from toolchain.export.rowwise_int8.settings import RowwiseSettings
+
+    monkeypatch.setattr(cpu, "cpu_flags", lambda: flags)
+    settings = RowwiseSettings.parse({"reduce_range": reduce_range}, "int8.yaml")
+    assert settings.weight_qmax == (63 if reduce_range else 127)
+    assert settings.activation_qmax == (64 if not reduce_range and flags == AVX2_ONLY else 127)
+    assert settings.saturates_without_vnni is (not reduce_range and flags != AVX2_ONLY)
+    assert RowwiseSettings.parse({"activation_qmax": 63}, "x").activation_qmax == 63
+
+
+@pytest.mark.parametrize("bad", [0, 128, "wide", 1.5])
+def test_bad_activation_qmax_names_the_file_and_field(bad):
+    from toolchain.errors import ToolchainError
+    from toolchain.export.rowwise_int8.settings import RowwiseSettings
+
+    with pytest.raises(ToolchainError, match=r"int8\.yaml: quantize\.activation_qmax"):
+        RowwiseSettings.parse({"activation_qmax": bad}, "int8.yaml")

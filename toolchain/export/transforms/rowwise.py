@@ -30,7 +30,8 @@ def quantize_rowwise_int8(source: Path, target: Path, profile: Profile, external
     (7-bit weights), keep_fp32 (module paths whose MatMuls stay fp32), target_cosine (0 = off,
     every group int8 with the outlier channels; else each group's path, int8, int8 with outlier
     channels or fp32, is chosen on the calibration feeds: rowwise_int8/fp32_search.py),
-    padding_exact (default on: sums over tokens rewritten padding-exact,
+    activation_qmax (auto: the widest u8 codes this CPU sums without int16 saturation,
+    toolchain/cpu.py), padding_exact (default on: sums over tokens rewritten padding-exact,
     toolchain/export/padding_exact/), compact_tokens (default on, with padding_exact: each row's
     real tokens moved to its front, and ONNX Attention kept as fused, exact that way:
     padding_exact/compaction.py), weight_rounding (nearest, or gptq: rowwise_int8/gptq.py on the
@@ -57,7 +58,8 @@ def quantize_rowwise_int8(source: Path, target: Path, profile: Profile, external
         started = time.perf_counter()
         trial = copy.deepcopy(model)
         rewrite_rowwise_int8(trial, groups, settings.weight_qmax, absmax, alpha, outliers,
-                             FALLBACK_MASK, gram=gram)
+                             FALLBACK_MASK, gram=gram,
+                             activation_qmax=settings.activation_qmax)
         paths = calibration_paths(outliers)
         calibrated = choose_paths(trial, feeds, len(groups), len(paths), settings.target_cosine)
         del trial
@@ -67,9 +69,12 @@ def quantize_rowwise_int8(source: Path, target: Path, profile: Profile, external
         keep |= {node.name for x in restored for node in groups.pop(x)}
         calibrated["seconds"] = time.perf_counter() - started
     counts = rewrite_rowwise_int8(model, groups, settings.weight_qmax, absmax, alpha, outliers,
-                                  plain=plain, gram=gram)
+                                  plain=plain, gram=gram,
+                                  activation_qmax=settings.activation_qmax)
     save_graph(model, target, external)
     return {**counts, "padding_exact": exact, "kept_fp32": sorted(keep),
             "weight_rounding": settings.weight_rounding,
+            "weight_qmax": settings.weight_qmax, "activation_qmax": settings.activation_qmax,
+            "saturates_without_vnni": settings.saturates_without_vnni,
             "fp32_groups": len(restored),
             **{f"calibrated_{k}": round(v, 6) for k, v in calibrated.items()}}

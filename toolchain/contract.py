@@ -115,7 +115,7 @@ def source_model_dir(artifact: Path, manifest: dict, required: bool = True) -> P
     """The model directory an exported artifact came from.
 
     Tried in order: the path relative to the artifact (runs stay relocatable), the absolute path
-    recorded at export, the sibling ``merged`` directory of the same run.
+    that manifests written before issue 28 recorded, the sibling ``merged`` directory of the run.
 
     Raises:
         ToolchainError: none found and ``required``.

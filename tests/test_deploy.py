@@ -258,3 +258,18 @@ def test_embed_command_reads_files_and_writes_npy_and_jsonl(tamper_run, tmp_path
     result = CliRunner().invoke(main, ["embed", "--model", str(artifact), "--input", str(source),
                                        "--field", "query"])
     assert result.exit_code == 2 and f"{source}:2: field 'query' missing" in result.output
+
+
+def test_prompts_name_every_training_and_evaluation_instruction():
+    from toolchain.deploy.prompts import artifact_prompts, prompt_of
+    from toolchain.presets import load_preset
+
+    prompts = artifact_prompts("smollm2-135m-study")
+    assert prompts["document"] == ""
+    for name, instruction in evaluation_instructions().items():
+        assert prompts[name] + "q" == format_query("q", instruction)
+    mixture = load_preset("smollm2-135m-study").sections["train"]["mixture"]
+    for source in mixture:
+        if source.get("instruction"):
+            assert prompts[f"train-{source['name']}"] == prompt_of(source["instruction"])
+    assert "train-data" in artifact_prompts("tiny-mistral")  # rows carry their instruction

@@ -61,3 +61,26 @@ def test_bad_activation_qmax_names_the_file_and_field(bad):
 
     with pytest.raises(ToolchainError, match=r"int8\.yaml: quantize\.activation_qmax"):
         RowwiseSettings.parse({"activation_qmax": bad}, "int8.yaml")
+
+
+def _latency_row(variant: str, profile: str, shape: str, p50_ms: float) -> dict:
+    return {"variant": variant, "profile": profile, "shape": shape, "p50_ms": p50_ms}
+
+
+@pytest.mark.parametrize("int8_dot", [True, False])
+def test_runtime_advice_ships_int8_only_where_it_measured_faster(int8_dot):
+    """The report's runtime advice follows the measured p50s, never the profile's name, and
+    names the CPU's int8 units beside them."""
+    from toolchain.bench.runtime_advice import runtime_advice
+
+    slower = [_latency_row("m1", "onnx-fp32", "8x128", 10.0),
+              _latency_row("m1", "onnx-int8", "8x128", 14.0),
+              _latency_row("m1", "merged", "8x128", 12.0)]
+    advice = runtime_advice(slower, int8_dot=int8_dot)
+    assert advice.startswith("serve onnx-fp32") and "0.71-0.71x" in advice
+    assert ("has no VNNI/AMX" in advice) is not int8_dot
+    mixed = slower + [_latency_row("m3", "onnx-fp32", "8x128", 20.0),
+                      _latency_row("m3", "onnx-int8", "8x128", 9.0)]
+    assert runtime_advice(mixed, int8_dot).startswith("serve onnx-int8 for m3 only")
+    assert runtime_advice(mixed[3:], int8_dot).startswith("serve onnx-int8: it ran 2.22-2.22x")
+    assert runtime_advice(slower[:1], int8_dot) is None  # no int8 timed: nothing to advise

@@ -11,6 +11,7 @@ from toolchain.atomic import write_text_atomic
 from toolchain.bench.budget import format_violations
 from toolchain.bench.compare import format_comparison, pair_scores, paired_test
 from toolchain.bench.quality import format_quality, trained_only
+from toolchain.bench.runtime_advice import runtime_advice
 
 # The paper's trade-off splits along these families (Tang & Yang 2024): trainable multi-layer
 # pooling helped STS and retrieval significantly but hurt clustering and classification.
@@ -266,6 +267,8 @@ def write_report(report: dict, out_dir: str | Path) -> dict:
     report["family_points"] = points
     report["pairing"] = pairing_unit(report.get("quality")) if report.get("quality") else None
     report["recommendations"] = recommend(points, violations)
+    if advice := runtime_advice(report["latency"]):
+        report["recommendations"]["runtime"] = advice
     plots = [plot_latency_vs_length(report["latency"], report["split"],
                                     out_dir / "latency_vs_length.png")]
     if points:

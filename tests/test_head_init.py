@@ -8,7 +8,8 @@ import torch.nn.functional as F
 
 from toolchain.errors import ToolchainError
 from toolchain.modeling import VARIANTS, HeadConfig, build_embedding_model
-from toolchain.modeling.pooling import build_pooler, gather_last_token, masked_mean, unit_rms
+from toolchain.modeling.pooling import build_pooler, gather_last_token, masked_mean
+from toolchain.modeling.trainable_heads import unit_rms
 
 REFERENCE_INIT = {"latent_init_std": 1.0, "layer_embedding_init_std": 1.0}
 TRAINABLE = ("m2", "m3", "m4", "m5")

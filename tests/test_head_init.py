@@ -125,3 +125,20 @@ def test_gated_head_exports_and_matches_pytorch(tmp_path, texts):
         model.head.gate.zero_()
         closed = model(batch["input_ids"], batch["attention_mask"]).numpy()
     assert np.abs(closed - expected).max() > 1e-3  # the gate value is in the graph, not folded
+
+
+def test_a_preset_head_section_sets_head_fields(tmp_path):
+    import yaml
+
+    from toolchain.presets import load_preset, preset_dir
+
+    data = yaml.safe_load((preset_dir() / "tiny-mistral.yaml").read_text())
+    data.update(name="tiny-mistral-gated", head={"pass_through_gate": True})
+    path = tmp_path / "tiny-mistral-gated.yaml"
+    path.write_text(yaml.safe_dump(data))
+    model = build_embedding_model(load_preset(path), "m5", verify=False)
+    assert model.head_config.pass_through_gate and model.head.gate.item() == 0.0
+    data["head"] = {"pass_through": True}
+    path.write_text(yaml.safe_dump(data))
+    with pytest.raises(ToolchainError, match=r"tiny-mistral-gated.yaml: head: unknown field"):
+        build_embedding_model(load_preset(path), "m5", verify=False)

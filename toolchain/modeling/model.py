@@ -76,6 +76,30 @@ class EmbeddingModel(nn.Module):
         return torch.cat(chunks)
 
 
+# HeadConfig fields a preset's `head:` section may set (the rest come from the variant/backbone)
+PRESET_HEAD_FIELDS = ("n_latents", "num_heads", "dim_head", "ff_mult", "token_input",
+                      "layer_summary", "latent_init_std", "layer_embedding_init_std",
+                      "pass_through_gate")
+
+
+def preset_head_fields(preset: Preset) -> dict:
+    """A preset's optional ``head:`` mapping of HeadConfig fields, e.g.
+    ``head: {pass_through_gate: true}`` (a gated run under its own preset name).
+
+    Raises:
+        ToolchainError: not a mapping, or a field not in PRESET_HEAD_FIELDS (named with the file).
+    """
+    head = preset.sections.get("head") or {}
+    where = f"{preset.path or preset.name}: head"
+    if not isinstance(head, dict):
+        raise ToolchainError(f"{where}: must be a mapping of head config fields")
+    unknown = sorted(set(head) - set(PRESET_HEAD_FIELDS))
+    if unknown:
+        raise ToolchainError(f"{where}: unknown field(s) {unknown}; known: "
+                             f"{', '.join(PRESET_HEAD_FIELDS)}")
+    return dict(head)
+
+
 def build_embedding_model(preset: Preset | str, variant: str | Variant | None = None, *,
                           pooling: str | None = None, attention: str | None = None,
                           head_size: str | None = None, attn_implementation: str = "sdpa",
@@ -88,7 +112,8 @@ def build_embedding_model(preset: Preset | str, variant: str | Variant | None = 
         variant: a Variant, a name (m1..m5), or None with explicit ``pooling`` and ``attention``.
         head_size: "compact" or "paper"; default: the preset's.
         attn_implementation: "eager" or "sdpa".
-        head_overrides: HeadConfig fields (n_latents, num_heads, ...) on top of the size preset.
+        head_overrides: HeadConfig fields (n_latents, num_heads, ...) on top of the size preset
+            and the preset's ``head:`` section.
         head_seed: seed of the head's initialisation.
         verify: probe the backbone's attention mode.
     """
@@ -100,7 +125,7 @@ def build_embedding_model(preset: Preset | str, variant: str | Variant | None = 
     config = HeadConfig.from_size(
         head_size or preset.head_size, pooling=chosen.pooling, attention=chosen.attention,
         hidden_size=backbone.config.hidden_size, num_layers=backbone.config.num_hidden_layers,
-        **(head_overrides or {}))
+        **{**preset_head_fields(preset), **(head_overrides or {})})
     torch.manual_seed(head_seed)
     head = build_pooler(config)
     tokenizer = TextTokenizer(hf_tokenizer, preset.max_length, preset.padding_side)

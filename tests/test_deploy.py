@@ -136,9 +136,11 @@ def test_manifest_has_relative_paths_and_the_graphs_real_runtime_needs(run):
         for name in ("config.json", "modules.json", "sentence_bert_config.json",
                      "config_sentence_transformers.json", "1_Pooling/config.json",
                      "tokenizer.json", "tokenizer_config.json", "poolattn_onnx.py",
-                     "poolattn_sentence_transformers.py", "triton/config.pbtxt"):
+                     "poolattn_sentence_transformers.py", "triton-config/config.pbtxt"):
             assert name in manifest["files"], name
-        triton = (artifact / "triton" / "config.pbtxt").read_text()
+        # on sys.path (as the consumer docs show) no folder of the artifact shadows a package
+        assert not [d.name for d in artifact.iterdir() if d.is_dir() and d.name.isidentifier()]
+        triton = (artifact / "triton-config" / "config.pbtxt").read_text()
         assert f'name: "sentence_embedding", data_type: TYPE_FP32, dims: [ {manifest["embedding_dim"]} ]' in triton
         config = json.loads((artifact / "config.json").read_text())
         assert config["model_type"] in ("mistral", "qwen2", "llama")
@@ -273,3 +275,15 @@ def test_prompts_name_every_training_and_evaluation_instruction():
         if source.get("instruction"):
             assert prompts[f"train-{source['name']}"] == prompt_of(source["instruction"])
     assert "train-data" in artifact_prompts("tiny-mistral")  # rows carry their instruction
+
+
+def test_consumer_cosine_treats_two_zero_vectors_as_agreeing():
+    """A random-weight backbone with pad = EOS has a zero EOS embedding row, so the empty text
+    embeds as exactly zero on every path: the consumer gate must read that as agreement, and a
+    zero vector against a real one as disagreement (never NaN, which fails every gate)."""
+    from toolchain.deploy.consumer_check import _rowwise_cosine
+
+    unit, zero = np.eye(1, 8), np.zeros((1, 8))
+    assert _rowwise_cosine(np.vstack([unit, zero]), np.vstack([unit, zero])) == 1.0
+    assert _rowwise_cosine(zero, unit) == 0.0
+    assert _rowwise_cosine(unit, -unit) == -1.0

@@ -47,8 +47,13 @@ def consumer_texts(eos_token: str, max_length: int) -> tuple[list[str], str]:
 
 
 def _rowwise_cosine(a: np.ndarray, b: np.ndarray) -> float:
+    """The smallest row cosine; two all-zero rows agree (1.0), one zero row against a non-zero
+    one does not (0.0). A backbone whose EOS embedding row is zero (pad = EOS, ``padding_idx``
+    in random-weight test models) embeds the empty text as exactly zero everywhere."""
     a, b = a.astype(np.float64), b.astype(np.float64)
-    cos = (a * b).sum(1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))
+    norms = np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1)
+    both_zero = ~a.any(1) & ~b.any(1)
+    cos = np.where(norms > 0, (a * b).sum(1) / np.where(norms > 0, norms, 1.0), both_zero * 1.0)
     return float(cos.min())
 
 

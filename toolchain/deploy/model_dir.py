@@ -15,7 +15,7 @@ refused like an edited graph):
     poolattn_onnx.py                   the consumer with no project code (numpy, tokenizers,
                                        onnxruntime); verify runs it as a gate
     poolattn_sentence_transformers.py  the sentence-transformers module over poolattn_onnx
-    triton/config.pbtxt                Triton's ONNX Runtime backend (model.onnx goes to
+    triton-config/config.pbtxt         Triton's ONNX Runtime backend (model.onnx goes to
                                        <repository>/<name>/1/; clients tokenise with tokenizer.json)
 """
 
@@ -114,6 +114,9 @@ def write_model_dir_files(directory: Path, model, prompts: dict[str, str]) -> li
         _write_json(directory / name, data)
     for name in (CONSUMER_MODULE, ST_MODULE):
         shutil.copyfile(SHIPPED / name, directory / name)
-    (directory / "triton").mkdir()
-    (directory / "triton" / "config.pbtxt").write_text(TRITON_CONFIG.format(max_batch=32, dim=dim))
-    return written + list(files) + [CONSUMER_MODULE, ST_MODULE, "triton/config.pbtxt"]
+    # a folder name Python cannot import: a consumer that puts the artifact on sys.path (as
+    # poolattn_onnx.py's docstring shows) must not shadow a real package such as triton
+    (directory / "triton-config").mkdir()
+    (directory / "triton-config" / "config.pbtxt").write_text(
+        TRITON_CONFIG.format(max_batch=32, dim=dim))
+    return written + list(files) + [CONSUMER_MODULE, ST_MODULE, "triton-config/config.pbtxt"]

@@ -78,6 +78,8 @@ def serve_command(artifact, host, port, threads, workers, max_batch_requests, ma
               help="compare every response with Embedder.open's vectors (--artifact)")
 @click.option("--saturation-seconds", default=0.0, show_default=True,
               help="> 0: closed-loop throughput vs the offline Embedder (--artifact)")
+@click.option("--saturation-texts", default=8, show_default=True,
+              help="texts per request of the saturation run")
 @click.option("--p99-budget-ms", default=100.0, show_default=True,
               help="report the highest rate whose p99 stays within this")
 @click.option("--seed", default=0, show_default=True)
@@ -86,7 +88,7 @@ def serve_command(artifact, host, port, threads, workers, max_batch_requests, ma
               help="directory for load.json, load.md, load_p99.png")
 def load_command(artifacts, url, label, rates, max_requests, max_seconds, timeout_s,
                  texts_file, texts_per_request, api, threads, check, saturation_seconds,
-                 p99_budget_ms, seed, budget_file, out) -> None:
+                 saturation_texts, p99_budget_ms, seed, budget_file, out) -> None:
     """p50/p95/p99, errors and server batch sizes under open-loop Poisson load, one level per
     rate; per artifact the highest rate within a p99 budget and (with m1 beside) the head's
     added latency under load."""
@@ -103,7 +105,8 @@ def load_command(artifacts, url, label, rates, max_requests, max_seconds, timeou
     settings = LoadRunSettings(
         load=LoadSettings(parse_rates(rates), max_requests, max_seconds, timeout_s,
                           texts_per_request, api, seed),
-        threads=threads, check_vectors=check, saturation_s=saturation_seconds)
+        threads=threads, check_vectors=check, saturation_s=saturation_seconds,
+        saturation_texts=saturation_texts)
     texts = read_texts(texts_file) if texts_file else suite_texts()
     result = run_load_all(list(artifacts), url, label, settings, texts, p99_budget_ms,
                           texts_file or "the suite (benchmarks/data/tasks)")

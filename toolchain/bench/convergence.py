@@ -99,7 +99,11 @@ def quality_convergence(quality: dict, threshold: float = CONVERGED_BELOW,
     relative paths from ``root``, default the working directory)."""
     out: dict[str, Convergence] = {}
     for entry in quality.values():
-        if entry.get("role", "variant") != "variant" or not entry.get("artifact"):
+        if entry.get("role", "variant") != "variant":
+            continue
+        if not entry.get("artifact"):  # no training run to read: unknown, never assumed
+            if entry.get("variant"):
+                out[str(entry["variant"])] = Convergence(str(entry["variant"]), ())
             continue
         artifact = Path(entry["artifact"])
         artifact = artifact if artifact.is_absolute() else (root or Path.cwd()) / artifact

@@ -261,7 +261,11 @@ def compare_command(results, preset, baselines, unit, exclude_tasks, peer, paper
     rows = compare_against(quality, list(baselines), unit, exclude_tasks)  # fails fast too
     click.echo(against_markdown(quality, list(baselines), [unit], exclude_tasks, peer))
     _write_json(json_out, [row for per in rows.values() for row in per])
-    if directions is not None:
+    if directions is None:  # with --paper the study record carries the same table
+        from toolchain.bench.convergence import convergence_markdown, quality_convergence
+
+        click.echo("\n" + convergence_markdown(quality_convergence(quality)))
+    else:
         from toolchain.bench.directions import has_shard_scores
 
         where = ", ".join(os.path.relpath(p) for p in paths)  # a record should not name /home/...

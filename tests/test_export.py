@@ -181,7 +181,8 @@ def test_external_data_is_one_file_and_failed_verify_writes_nothing(tmp_path, mo
     assert not (tmp_path / "onnx-strict").exists()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["merged", "onnx-fp16", "onnx-int8",
                                                           "strict.yaml"]  # no temp dirs left
-    assert [line.split()[1] for line in lines[1:]] == ["PASS", "PASS", "FAIL"]
+    summaries = [line for line in lines[1:] if not line.startswith("WARNING")]  # CPU notes
+    assert [line.split()[1] for line in summaries] == ["PASS", "PASS", "FAIL"]
     for path in (tmp_path / "onnx-int8", tmp_path / "onnx-fp16"):
         manifest = read_manifest(path)
         report = manifest["verify"]

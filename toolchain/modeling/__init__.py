@@ -5,7 +5,9 @@ from toolchain.modeling.model import (EmbeddingModel, build_embedding_model, loa
                                       save_embedding_model)
 from toolchain.modeling.pooling import (HEAD_SIZES, POOLERS, HeadConfig, PoolingHead, head_macs,
                                         register_pooler)
+# the plug-in heads register themselves into pooling's registry, which imports none of them
 from toolchain.modeling import latent_attention  # noqa: F401  (registers the latent_attention head)
+from toolchain.modeling import trainable_heads  # noqa: F401  (last_layer / multi_layer trainable)
 from toolchain.modeling.variants import VARIANTS, Variant, resolve_variant
 
 __all__ = ["EmbeddingModel", "HEAD_SIZES", "HeadConfig", "POOLERS", "PoolingHead", "VARIANTS", "Variant",

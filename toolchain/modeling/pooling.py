@@ -228,7 +228,3 @@ def head_macs(config: HeadConfig, seq_len: int) -> MacCounts:
 def head_parameter_count(config: HeadConfig) -> int:
     with torch.device("meta"):
         return sum(p.numel() for p in build_pooler(config).parameters())
-
-
-# the trainable heads register themselves; imported last, as they build on the names above
-from toolchain.modeling import trainable_heads  # noqa: E402,F401

@@ -11,7 +11,9 @@ from toolchain.modeling import VARIANTS, HeadConfig, build_embedding_model
 from toolchain.modeling.pooling import build_pooler, gather_last_token, masked_mean
 from toolchain.modeling.trainable_heads import unit_rms
 
-REFERENCE_INIT = {"latent_init_std": 1.0, "layer_embedding_init_std": 1.0}
+REFERENCE_INIT = {"latent_init_std": 1.0, "layer_embedding_init_std": 1.0}  # the default
+# measured in benchmarks/results/head_init.md; the default once `make study` re-runs with it
+SIGNAL_INIT = {"latent_init_std": 0.02, "layer_embedding_init_std": 0.0}
 TRAINABLE = ("m2", "m3", "m4", "m5")
 
 
@@ -39,30 +41,31 @@ def common_share(out: torch.Tensor) -> float:
 
 
 @pytest.mark.parametrize("variant", TRAINABLE)
-def test_default_init_does_not_add_one_vector_to_every_text(variant):
-    """With N(0, 1) latents the mean over 16 latents is an input-independent vector of the
-    signal's size; the default init keeps the output about the inputs."""
+def test_signal_init_does_not_add_one_vector_to_every_text(variant):
+    """With N(0, 1) latents (the reference, still the default) the mean over 16 latents is an
+    input-independent vector of the signal's size; the small init keeps the output about the
+    inputs."""
     feats = features()
     with torch.no_grad():
-        default = head(variant)(feats)["sentence_embedding"]
-        reference = head(variant, **REFERENCE_INIT)(feats)["sentence_embedding"]
-    assert common_share(default) < 0.1 < 0.25 < common_share(reference)
+        small = head(variant, **SIGNAL_INIT)(feats)["sentence_embedding"]
+        reference = head(variant)(feats)["sentence_embedding"]
+    assert common_share(small) < 0.1 < 0.25 < common_share(reference)
 
 
 @pytest.mark.parametrize("variant", ["m2", "m5"])
 def test_latent_scale_leaves_the_queries_unchanged(variant):
     """The latents reach the attention through a LayerNorm: only the residual feels their scale
     (up to the norm's eps: variance 4e-4 against 1e-5 shrinks the queries by ~1.2 %)."""
-    torch.testing.assert_close(head(variant).precomputable_queries(),
+    torch.testing.assert_close(head(variant, **SIGNAL_INIT).precomputable_queries(),
                                head(variant, **REFERENCE_INIT).precomputable_queries(),
                                rtol=0.03, atol=1e-3)
-    assert head(variant).block.latents.std().item() == pytest.approx(0.02, rel=0.2)
-    assert head(variant, **REFERENCE_INIT).block.latents.std().item() == pytest.approx(1.0, rel=0.2)
+    assert head(variant, **SIGNAL_INIT).block.latents.std().item() == pytest.approx(0.02, rel=0.2)
+    assert head(variant).block.latents.std().item() == pytest.approx(1.0, rel=0.2)
 
 
 def test_layer_embedding_init_is_a_field():
-    assert head("m3").layer_embedding.weight.abs().max() == 0
-    assert head("m3", **REFERENCE_INIT).layer_embedding.weight.std().item() == pytest.approx(1.0, rel=0.2)
+    assert head("m3", **SIGNAL_INIT).layer_embedding.weight.abs().max() == 0
+    assert head("m3").layer_embedding.weight.std().item() == pytest.approx(1.0, rel=0.2)
 
 
 @pytest.mark.parametrize("field,value", [("latent_init_std", -1.0),
@@ -80,7 +83,7 @@ def test_saved_configs_without_the_new_fields_still_load():
            "attention": "causal", "n_latents": 4, "num_heads": 2, "dim_head": 4, "ff_mult": 1,
            "token_input": "eos", "layer_summary": "eos"}
     config = HeadConfig.from_dict(old)
-    assert (config.latent_init_std, config.pass_through_gate) == (0.02, False)
+    assert (config.latent_init_std, config.pass_through_gate) == (1.0, False)  # as trained
     assert HeadConfig.from_dict(config.to_dict()) == config
 
 

@@ -283,9 +283,12 @@ def test_consumer_cosine_treats_two_zero_vectors_as_agreeing():
     """A random-weight backbone with pad = EOS has a zero EOS embedding row, so the empty text
     embeds as exactly zero on every path: the consumer gate must read that as agreement, and a
     zero vector against a real one as disagreement (never NaN, which fails every gate)."""
-    from toolchain.deploy.consumer_check import _rowwise_cosine
+    from toolchain.parity import compare
+
+    def min_cosine(a, b):
+        return compare(a, b)["min_cosine"]
 
     unit, zero = np.eye(1, 8), np.zeros((1, 8))
-    assert _rowwise_cosine(np.vstack([unit, zero]), np.vstack([unit, zero])) == 1.0
-    assert _rowwise_cosine(zero, unit) == 0.0
-    assert _rowwise_cosine(unit, -unit) == -1.0
+    assert min_cosine(np.vstack([unit, zero]), np.vstack([unit, zero])) == 1.0
+    assert min_cosine(zero, unit) == 0.0
+    assert min_cosine(unit, -unit) == -1.0

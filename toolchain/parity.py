@@ -7,10 +7,14 @@ import numpy as np
 
 
 def compare(candidate: np.ndarray, reference: np.ndarray) -> dict:
-    """Max |diff| and the minimum per-row cosine of two (N, H) arrays."""
+    """Max |diff| and the minimum per-row cosine of two (N, H) arrays. Two all-zero rows
+    agree (cosine 1), a zero row against a non-zero one does not (0): a random backbone whose
+    EOS embedding row is zero (pad = EOS, ``padding_idx``) embeds the empty text as exactly
+    zero on every path."""
     a, b = candidate.astype(np.float64), reference.astype(np.float64)
     norms = np.linalg.norm(a, axis=-1) * np.linalg.norm(b, axis=-1)
-    cos = (a * b).sum(-1) / np.maximum(norms, 1e-12)
+    both_zero = ~a.any(-1) & ~b.any(-1)
+    cos = np.where(norms > 0, (a * b).sum(-1) / np.maximum(norms, 1e-300), both_zero * 1.0)
     return {"max_abs": float(np.abs(a - b).max()), "min_cosine": float(cos.min())}
 
 

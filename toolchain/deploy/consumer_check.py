@@ -23,6 +23,7 @@ import numpy as np
 from toolchain.deploy.model_dir import CONSUMER_MODULE
 from toolchain.deploy.prompts import evaluation_instructions
 from toolchain.data.training import format_query
+from toolchain.parity import compare
 
 QUERY = "cat"
 
@@ -44,17 +45,6 @@ def consumer_texts(eos_token: str, max_length: int) -> tuple[list[str], str]:
     texts = ["", long_text, f"A sentence that ends in the literal end-of-sequence string{eos_token}",
              "Москва — столица России. 東京は日本の首都です。مرحبا بالعالم 🙂🚀👍🏽"]
     return texts, next(iter(evaluation_instructions()))
-
-
-def _rowwise_cosine(a: np.ndarray, b: np.ndarray) -> float:
-    """The smallest row cosine; two all-zero rows agree (1.0), one zero row against a non-zero
-    one does not (0.0). A backbone whose EOS embedding row is zero (pad = EOS, ``padding_idx``
-    in random-weight test models) embeds the empty text as exactly zero everywhere."""
-    a, b = a.astype(np.float64), b.astype(np.float64)
-    norms = np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1)
-    both_zero = ~a.any(1) & ~b.any(1)
-    cos = np.where(norms > 0, (a * b).sum(1) / np.where(norms > 0, norms, 1.0), both_zero * 1.0)
-    return float(cos.min())
 
 
 def consumer_expectations(embedder, reference) -> dict:
@@ -95,8 +85,8 @@ def consumer_gate(artifact: Path, expected: dict, gates, threads: int | None) ->
             bad = [i for i, (m, w) in enumerate(zip(mine, expected["ids"])) if m != w]
             failures.append(f"consumer ({side} padding): token ids differ from the reference "
                             f"model's on texts {bad}")
-        figures[side] = {"vs_embedder_min_cosine": _rowwise_cosine(got, expected["embedder"]),
-                         "vs_reference_min_cosine": _rowwise_cosine(got, expected["reference"])}
+        figures[side] = {f"vs_{key}_min_cosine": compare(got, expected[key])["min_cosine"]
+                         for key in ("embedder", "reference")}
         for name, gate, what in (("vs_embedder_min_cosine", gates.invariance_min_cosine,
                                   "Embedder"),
                                  ("vs_reference_min_cosine", gates.parity_min_cosine, "PyTorch")):
